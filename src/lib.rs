@@ -1,0 +1,9 @@
+//! ddexp: train, evaluate and sample discrete diffusion language models from declarative
+//! experiment files.
+//!
+//! The modules follow the pipeline: an experiment [`spec`] names the data, the model and the
+//! training recipe; the CLI ([`cli`]) only parses arguments and calls into the library.
+
+pub mod cli;
+pub mod rng;
+pub mod spec;

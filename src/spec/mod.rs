@@ -1,0 +1,5 @@
+//! Experiment files: types, loading, schema and validation.
+
+mod types;
+
+pub use types::*;
