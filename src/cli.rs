@@ -1,20 +1,129 @@
 //! The `ddexp` command line: parses arguments and calls the library. No work happens here.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use anyhow::{Result, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::spec;
+
+const WORKFLOW: &str = "\
+Workflow:
+  ddexp validate experiments/                  check experiment files (schema + semantics)
+  ddexp schema                                 regenerate schemas/ from the Rust types
+
+Every command that takes an experiment also takes --set path=value (RON syntax), e.g.
+  --set train.lr=3e-4 --set sampler=Uniform --set \"topology.devices=[0, 1]\"";
 
 #[derive(Debug, Parser)]
-#[command(name = "ddexp", version, about = "Discrete diffusion experiments")]
+#[command(
+    name = "ddexp",
+    version,
+    about = "Train, evaluate and sample discrete diffusion language models from experiment files",
+    after_help = WORKFLOW
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {}
+enum Command {
+    /// Check experiment files: RON syntax, the JSON Schema, and semantic rules.
+    #[command(after_help = "Examples:
+  ddexp validate experiments/
+  ddexp validate experiments/d3pm_text8.ron --set train.lr=3e-4")]
+    Validate {
+        /// Experiment files, or folders searched recursively for .ron files.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
+    /// Write the JSON Schemas generated from the experiment types into schemas/.
+    #[command(after_help = "Examples:
+  ddexp schema             # regenerate schemas/*.json
+  ddexp schema --check     # exit non-zero if schemas/ is out of date")]
+    Schema {
+        /// Only check that the files match the code; write nothing.
+        #[arg(long)]
+        check: bool,
+        /// Folder holding the schema files.
+        #[arg(long, default_value = "schemas")]
+        dir: PathBuf,
+    },
+}
+
+/// `--set path=value`, repeatable.
+#[derive(Debug, Args)]
+struct Overrides {
+    /// Override a field: path=value with the value in RON syntax (repeatable).
+    #[arg(long = "set", value_name = "PATH=VALUE")]
+    set: Vec<String>,
+}
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {}
+    let result = match cli.command {
+        Command::Validate { paths, overrides } => validate(&paths, &overrides.set),
+        Command::Schema { check, dir } => schema(check, &dir),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn validate(paths: &[PathBuf], overrides: &[String]) -> Result<()> {
+    let mut files = vec![];
+    for p in paths {
+        match spec::experiment_files(p) {
+            Ok(found) if found.is_empty() => {
+                bail!("no .ron experiment files under {}", p.display())
+            }
+            Ok(found) => files.extend(found),
+            Err(e) => bail!("cannot read {}: {e}", p.display()),
+        }
+    }
+    let mut invalid = 0;
+    for file in &files {
+        match spec::load(file, overrides) {
+            Ok(loaded) => {
+                eprint!("{}", loaded.warnings.render());
+                println!("ok      {}", file.display());
+            }
+            Err(e) => {
+                invalid += 1;
+                eprint!("{}", e.render());
+                println!("invalid {}", file.display());
+            }
+        }
+    }
+    if invalid > 0 {
+        bail!("{invalid} of {} experiment file(s) invalid", files.len());
+    }
+    Ok(())
+}
+
+fn schema(check: bool, dir: &Path) -> Result<()> {
+    if check {
+        let stale = spec::schema::drift(dir);
+        if !stale.is_empty() {
+            let names: Vec<String> = stale.iter().map(|p| p.display().to_string()).collect();
+            bail!(
+                "schema files out of date with the code: {}; run `ddexp schema` and commit the result",
+                names.join(", ")
+            );
+        }
+        println!("schemas in {} are up to date", dir.display());
+        return Ok(());
+    }
+    for path in spec::schema::write_all(dir)? {
+        println!("wrote {}", path.display());
+    }
+    Ok(())
 }

@@ -4,6 +4,7 @@
 //! The modules follow the pipeline: an experiment [`spec`] names the data, the model and the
 //! training recipe; the CLI ([`cli`]) only parses arguments and calls into the library.
 
+pub mod backend;
 pub mod cli;
 pub mod rng;
 pub mod spec;

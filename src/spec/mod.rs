@@ -1,5 +1,207 @@
-//! Experiment files: types, loading, schema and validation.
+//! Experiment files: the types, loading from RON, `--set` overrides, and validation.
+//!
+//! Loading runs four stages and stops after the first that finds errors, reporting every
+//! error of that stage with its location:
+//! 1. parse the RON text into a tree that remembers positions ([`ron_tree`]);
+//! 2. convert it to JSON guided by the schema, apply `--set` overrides ([`document`]);
+//! 3. validate the JSON against the generated JSON Schema ([`schema`], [`validate`]);
+//! 4. deserialise into [`Experiment`] and run the semantic checks.
 
+mod diagnostics;
+mod document;
+mod ron_tree;
+pub mod schema;
 mod types;
+mod validate;
 
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+pub use diagnostics::{Diagnostic, Severity, SpecError, closest};
 pub use types::*;
+
+use document::Document;
+
+/// A valid experiment and any warnings about it.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub experiment: Experiment,
+    /// Warnings (the file is valid); empty diagnostics when there are none.
+    pub warnings: SpecError,
+}
+
+impl Loaded {
+    /// Errors if this binary cannot run the experiment (e.g. CUDA asked for, not built in).
+    /// `validate` only warns about this; every command that runs an experiment calls it.
+    pub fn require_runnable(&self) -> Result<(), SpecError> {
+        if self.experiment.topology.backend == Backend::Cuda && !crate::backend::CUDA_AVAILABLE {
+            let mut err = self.warnings.clone();
+            err.diagnostics = self
+                .warnings
+                .diagnostics
+                .iter()
+                .filter(|d| d.path == "topology.backend")
+                .map(|d| Diagnostic {
+                    severity: Severity::Error,
+                    ..d.clone()
+                })
+                .collect();
+            return Err(err);
+        }
+        Ok(())
+    }
+}
+
+/// Reads, overrides and validates an experiment file. Overrides are `path=value` with the
+/// value in RON syntax, e.g. `train.lr=3e-4` or `sampler=Uniform`.
+pub fn load(path: &Path, overrides: &[String]) -> Result<Loaded, SpecError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        SpecError::whole_file(path, format!("cannot read the experiment file: {e}"))
+    })?;
+    load_str(path, &text, overrides)
+}
+
+/// As [`load`], with the file's text given (`path` names it in messages).
+pub fn load_str(path: &Path, text: &str, overrides: &[String]) -> Result<Loaded, SpecError> {
+    let mut err = SpecError {
+        file: path.to_path_buf(),
+        sources: Default::default(),
+        diagnostics: vec![],
+    };
+    err.sources.add(path.display().to_string(), text);
+    let fail = |mut err: SpecError, diagnostics: Vec<Diagnostic>| {
+        err.diagnostics = diagnostics;
+        Err(err)
+    };
+
+    let tree = match ron_tree::parse(text) {
+        Ok(tree) => tree,
+        Err(e) => {
+            return fail(
+                err,
+                vec![Diagnostic::error(
+                    e.span,
+                    "",
+                    format!("invalid RON: {}", e.message),
+                )],
+            );
+        }
+    };
+    let schema = schema_json();
+    let mut doc = Document::from_tree(schema, &tree);
+    for o in overrides {
+        let base = err.sources.add(format!("--set {o}"), o.as_str());
+        apply_override(&mut doc, o, base);
+    }
+    if !doc.diagnostics.is_empty() {
+        return fail(err, doc.diagnostics);
+    }
+
+    let schema_errors = validate::against_schema(&doc, validator());
+    if !schema_errors.is_empty() {
+        return fail(err, schema_errors);
+    }
+
+    let experiment: Experiment = match serde_json::from_value(doc.json.clone()) {
+        Ok(e) => e,
+        Err(e) => {
+            return fail(
+                err,
+                vec![Diagnostic::error(
+                    0..0,
+                    "",
+                    format!("does not describe an experiment: {e}"),
+                )],
+            );
+        }
+    };
+
+    let (errors, warnings): (Vec<_>, Vec<_>) = validate::semantic(&experiment)
+        .into_iter()
+        .map(|p| {
+            let span = doc.span_of_path(p.path);
+            let mut d = if p.warning {
+                Diagnostic::warning(span, p.path, p.message)
+            } else {
+                Diagnostic::error(span, p.path, p.message)
+            };
+            d.expected = p.expected;
+            d.found = p.found;
+            d
+        })
+        .partition(Diagnostic::is_error);
+    if !errors.is_empty() {
+        return fail(err, errors);
+    }
+    err.diagnostics = warnings;
+    Ok(Loaded {
+        experiment,
+        warnings: err,
+    })
+}
+
+/// Parses one `path=value` and applies it to the document.
+fn apply_override(doc: &mut Document, text: &str, base: usize) {
+    let Some(eq) = text.find('=') else {
+        doc.diagnostics.push(
+            Diagnostic::error(
+                base..base + text.len(),
+                "",
+                "an override must look like path=value",
+            )
+            .found(format!("`{text}`"))
+            .help("e.g. --set train.lr=3e-4 or --set sampler=Uniform"),
+        );
+        return;
+    };
+    let path = text[..eq].trim();
+    let value_base = base + eq + 1;
+    match ron_tree::parse_at(&text[eq + 1..], value_base) {
+        Ok(value) => doc.apply_override(path, base..base + eq, &value),
+        Err(e) => doc.diagnostics.push(Diagnostic::error(
+            e.span,
+            path,
+            format!("invalid RON value: {}", e.message),
+        )),
+    }
+}
+
+/// The experiment schema, generated once.
+fn schema_json() -> &'static serde_json::Value {
+    static SCHEMA: OnceLock<serde_json::Value> = OnceLock::new();
+    SCHEMA.get_or_init(schema::experiment)
+}
+
+fn validator() -> &'static jsonschema::Validator {
+    static VALIDATOR: OnceLock<jsonschema::Validator> = OnceLock::new();
+    VALIDATOR.get_or_init(|| {
+        jsonschema::validator_for(schema_json())
+            .expect("the generated schema is a valid JSON Schema")
+    })
+}
+
+/// The resolved experiment as RON, exactly as written into a run folder.
+pub fn to_ron(experiment: &Experiment) -> String {
+    let config = ron::ser::PrettyConfig::new().struct_names(false);
+    let mut s =
+        ron::ser::to_string_pretty(experiment, config).expect("experiments serialise to RON");
+    s.push('\n');
+    s
+}
+
+/// Experiment files under `path`: the file itself, or every `.ron` file below a folder
+/// (sorted, so output is stable).
+pub fn experiment_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
+    if !path.is_dir() {
+        std::fs::metadata(path)?;
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files = vec![];
+    for entry in walkdir::WalkDir::new(path).sort_by_file_name() {
+        let entry = entry.map_err(std::io::Error::other)?;
+        if entry.file_type().is_file() && entry.path().extension().is_some_and(|e| e == "ron") {
+            files.push(entry.into_path());
+        }
+    }
+    Ok(files)
+}
