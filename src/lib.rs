@@ -8,3 +8,4 @@ pub mod backend;
 pub mod cli;
 pub mod rng;
 pub mod spec;
+pub mod train;

@@ -1,0 +1,4 @@
+//! Training: the optimiser recipe and the weight average.
+
+pub mod ema;
+pub mod optimizer;
