@@ -6,12 +6,13 @@ use std::process::ExitCode;
 use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
 
-use crate::spec;
+use crate::{results, spec};
 
 const WORKFLOW: &str = "\
 Workflow:
   ddexp validate experiments/                  check experiment files (schema + semantics)
   ddexp schema                                 regenerate schemas/ from the Rust types
+  ddexp report [RUN|SWEEP|EXPERIMENT]...       compare runs: charts, tables, summary.csv
 
 Every command that takes an experiment also takes --set path=value (RON syntax), e.g.
   --set train.lr=3e-4 --set sampler=Uniform --set \"topology.devices=[0, 1]\"";
@@ -53,6 +54,33 @@ enum Command {
         #[arg(long, default_value = "schemas")]
         dir: PathBuf,
     },
+    /// Compare runs: charts, tables and summary.csv from their logs (nothing is re-run).
+    #[command(after_help = "Examples:
+  ddexp report                                  # every run under results/
+  ddexp report results/sweeps/lds_vs_uniform    # a sweep; writes results/sweeps/lds_vs_uniform/report/
+  ddexp report d3pm_text8 --baseline sampler=Uniform")]
+    Report(ReportArgs),
+}
+
+#[derive(Debug, Args)]
+struct ReportArgs {
+    /// Run folders, sweep folders (or their summary.csv), experiment names, or folders to
+    /// search for runs. None: every run under --results.
+    inputs: Vec<String>,
+    /// Folder for report.md, the charts, summary.csv and members.csv
+    /// [default: <sweep>/report for a single sweep, else <results>/report].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// The results folder that experiment names and sweep names are looked up in.
+    #[arg(long, default_value = "results")]
+    results: PathBuf,
+    /// Rolling window, in logged points (odd, at least 3), for the smoothing and the loss noise.
+    #[arg(long, default_value_t = results::DEFAULT_WINDOW)]
+    window: usize,
+    /// The group the others are compared with: text that appears in exactly one group's label,
+    /// e.g. `sampler=Uniform` [default: the first group].
+    #[arg(long)]
+    baseline: Option<String>,
 }
 
 /// `--set path=value`, repeatable.
@@ -68,6 +96,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Validate { paths, overrides } => validate(&paths, &overrides.set),
         Command::Schema { check, dir } => schema(check, &dir),
+        Command::Report(args) => report(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -125,5 +154,28 @@ fn schema(check: bool, dir: &Path) -> Result<()> {
     for path in spec::schema::write_all(dir)? {
         println!("wrote {}", path.display());
     }
+    Ok(())
+}
+
+fn report(args: ReportArgs) -> Result<()> {
+    let report = results::report(&results::ReportOptions {
+        inputs: args.inputs,
+        results_root: args.results,
+        out: args.out,
+        window: args.window,
+        baseline: args.baseline,
+    })?;
+    for note in &report.notes {
+        eprintln!("note: {note}");
+    }
+    for finding in &report.findings {
+        println!("{finding}");
+    }
+    println!(
+        "{} runs in {} groups: wrote {}",
+        report.runs,
+        report.groups,
+        report.out_dir.join("report.md").display()
+    );
     Ok(())
 }

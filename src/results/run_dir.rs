@@ -1,0 +1,368 @@
+//! A run folder, `results/<experiment name>/<run id>/` (DESIGN.md §4): creating one that no
+//! other run can share, recording the experiment and status, and preparing it for resume.
+
+use std::fs;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+use super::atomic::write_atomic;
+use super::csv_log::{CsvLog, EvalRow, LogRow, TrainRow, ValRow, truncate_after};
+use super::loss_chart;
+use super::run_info::{RunInfo, RunStatus, now};
+use crate::spec::Experiment;
+
+pub const EXPERIMENT_FILE: &str = "experiment.ron";
+pub const RUN_INFO_FILE: &str = "run.json";
+pub const CHECKPOINTS_DIR: &str = "checkpoints";
+
+/// An open run folder and its `run.json`.
+#[derive(Debug)]
+pub struct RunDir {
+    path: PathBuf,
+    info: RunInfo,
+}
+
+impl RunDir {
+    /// Creates a new run folder for `experiment` under `results_root` with a run id from the
+    /// local time (`2026-11-27T10-00-00`), writes `experiment.ron` and `run.json` (status
+    /// `running`). See [`Self::create_with_id`].
+    pub fn create(results_root: &Path, experiment: &Experiment) -> Result<RunDir> {
+        let id = chrono::Local::now().format("%Y-%m-%dT%H-%M-%S").to_string();
+        Self::create_with_id(results_root, experiment, &id)
+    }
+
+    /// Creates `results_root/<experiment name>/<base_id>`, or `<base_id>-2`, `-3`, ... if that
+    /// is taken. The folder is claimed with a single `create_dir`, which fails if it exists, so
+    /// two processes can never end up in the same folder. If writing the files fails, the
+    /// folder is removed again.
+    pub fn create_with_id(
+        results_root: &Path,
+        experiment: &Experiment,
+        base_id: &str,
+    ) -> Result<RunDir> {
+        check_path_component("experiment name", &experiment.name)?;
+        check_path_component("run id", base_id)?;
+        let parent = results_root.join(&experiment.name);
+        fs::create_dir_all(&parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+        let (path, id) = claim_folder(&parent, base_id)?;
+        let run = (|| {
+            let run = RunDir {
+                info: RunInfo::new(experiment, &id),
+                path: path.clone(),
+            };
+            run.write_experiment(experiment)?;
+            run.save_info()?;
+            Ok(run)
+        })();
+        if run.is_err() {
+            let _ = fs::remove_dir_all(&path);
+        }
+        run
+    }
+
+    /// Opens an existing run folder (one that has a `run.json`).
+    pub fn open(path: &Path) -> Result<RunDir> {
+        let info_path = path.join(RUN_INFO_FILE);
+        if !info_path.is_file() {
+            bail!(
+                "{} is not a run folder: it has no {RUN_INFO_FILE} (run folders are created by `ddexp run` under results/<experiment>/)",
+                path.display()
+            );
+        }
+        Ok(RunDir {
+            info: RunInfo::load(&info_path)?,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Prepares a stopped run to continue from the checkpoint at `checkpoint_iter`: refuses a
+    /// run whose process is still alive, drops the CSV rows logged after the checkpoint
+    /// (so the resumed run neither repeats nor skips rows) and marks the run `running` in this
+    /// process.
+    pub fn resume(&mut self, checkpoint_iter: u64) -> Result<()> {
+        if self.info.is_live() {
+            bail!(
+                "{} is in use: run.json says it is running as process {} on this host, and that process is alive; \
+                 stop it before resuming",
+                self.path.display(),
+                self.info.pid
+            );
+        }
+        truncate_after::<TrainRow>(&self.csv_path::<TrainRow>(), checkpoint_iter)?;
+        truncate_after::<ValRow>(&self.csv_path::<ValRow>(), checkpoint_iter)?;
+        truncate_after::<EvalRow>(&self.csv_path::<EvalRow>(), checkpoint_iter)?;
+        self.info.claim();
+        self.info.checkpoint_iter = Some(checkpoint_iter);
+        self.save_info()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn info(&self) -> &RunInfo {
+        &self.info
+    }
+
+    pub fn experiment_path(&self) -> PathBuf {
+        self.path.join(EXPERIMENT_FILE)
+    }
+
+    pub fn checkpoints_dir(&self) -> PathBuf {
+        self.path.join(CHECKPOINTS_DIR)
+    }
+
+    /// Path of one of the CSV logs, e.g. `run.csv_path::<TrainRow>()`.
+    pub fn csv_path<R: LogRow>(&self) -> PathBuf {
+        self.path.join(R::FILE)
+    }
+
+    /// Opens one of the CSV logs for appending (creating it with its header).
+    pub fn log<R: LogRow>(&self) -> Result<CsvLog<R>> {
+        CsvLog::open(&self.csv_path::<R>())
+    }
+
+    /// Writes `experiment.ron`: the resolved experiment, exactly what runs.
+    pub fn write_experiment(&self, experiment: &Experiment) -> Result<()> {
+        let text = ron::ser::to_string_pretty(experiment, ron::ser::PrettyConfig::new())
+            .context("cannot serialise the experiment as RON")?;
+        self.write_experiment_text(&text)
+    }
+
+    /// Writes `experiment.ron` from text (for callers that keep the resolved file as text).
+    pub fn write_experiment_text(&self, text: &str) -> Result<()> {
+        let mut text = text.to_string();
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        write_atomic(&self.experiment_path(), text.as_bytes())
+    }
+
+    /// Reads `experiment.ron` back.
+    pub fn read_experiment(&self) -> Result<Experiment> {
+        read_experiment(&self.experiment_path())
+    }
+
+    /// Records the latest checkpoint's step in `run.json`.
+    pub fn set_checkpoint_iter(&mut self, iter: u64) -> Result<()> {
+        self.info.checkpoint_iter = Some(iter);
+        self.save_info()
+    }
+
+    /// Records how the run ended (`completed`, `failed` with its error, `interrupted`).
+    pub fn finish(&mut self, status: RunStatus, error: Option<String>) -> Result<()> {
+        self.info.status = status;
+        self.info.error = error;
+        self.info.ended = Some(now());
+        self.save_info()
+    }
+
+    /// Redraws `loss.png` and `loss.svg` from the CSV logs on disk.
+    pub fn redraw_loss_chart(&self) -> Result<Vec<String>> {
+        loss_chart::draw_run_loss_chart(
+            &self.path,
+            &format!("{} / {}", self.info.experiment, self.info.run_id),
+        )
+    }
+
+    fn save_info(&self) -> Result<()> {
+        self.info.save(&self.path.join(RUN_INFO_FILE))
+    }
+}
+
+/// Reads an `experiment.ron` as written by [`RunDir::write_experiment`].
+pub fn read_experiment(path: &Path) -> Result<Experiment> {
+    let text =
+        fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    ron::from_str(&text).map_err(|err| anyhow::anyhow!("{}:{err}", path.display()))
+}
+
+/// Claims the first free folder among `base`, `base-2`, `base-3`, ... with `create_dir`.
+fn claim_folder(parent: &Path, base_id: &str) -> Result<(PathBuf, String)> {
+    for n in 1..=10_000u32 {
+        let id = if n == 1 {
+            base_id.to_string()
+        } else {
+            format!("{base_id}-{n}")
+        };
+        let path = parent.join(&id);
+        match fs::create_dir(&path) {
+            Ok(()) => return Ok((path, id)),
+            Err(err) if err.kind() == ErrorKind::AlreadyExists => continue,
+            Err(err) => {
+                return Err(err).with_context(|| format!("cannot create {}", path.display()));
+            }
+        }
+    }
+    bail!(
+        "{}: 10000 runs named {base_id}[-N] already exist",
+        parent.display()
+    )
+}
+
+/// Names become folder names: no separators, no `.`/`..`, nothing hidden or empty.
+fn check_path_component(what: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if !ok {
+        bail!(
+            "the {what} `{name}` cannot be a folder name: use letters, digits, `_`, `.` and `-`, not starting with `.`"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::results::csv_log::read_rows;
+    use crate::results::test_support::synthetic_experiment;
+
+    #[test]
+    fn a_taken_run_id_gets_a_suffix() {
+        let root = tempfile::tempdir().unwrap();
+        let exp = synthetic_experiment("tiny", 1);
+        let ids: Vec<String> = (0..3)
+            .map(|_| {
+                RunDir::create_with_id(root.path(), &exp, "2026-01-02T03-04-05")
+                    .unwrap()
+                    .info
+                    .run_id
+            })
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                "2026-01-02T03-04-05",
+                "2026-01-02T03-04-05-2",
+                "2026-01-02T03-04-05-3"
+            ]
+        );
+        for id in &ids {
+            assert!(
+                root.path()
+                    .join("tiny")
+                    .join(id)
+                    .join(RUN_INFO_FILE)
+                    .is_file()
+            );
+        }
+    }
+
+    #[test]
+    fn creation_writes_a_readable_experiment_and_run_info() {
+        let root = tempfile::tempdir().unwrap();
+        let exp = synthetic_experiment("tiny", 7);
+        let run = RunDir::create(root.path(), &exp).unwrap();
+        assert_eq!(run.path().parent().unwrap(), root.path().join("tiny"));
+        assert_eq!(run.read_experiment().unwrap(), exp);
+        let info = RunInfo::load(&run.path().join(RUN_INFO_FILE)).unwrap();
+        assert_eq!(info.status, RunStatus::Running);
+        assert_eq!(info.pid, std::process::id());
+        assert_eq!(info.ddexp_version, env!("CARGO_PKG_VERSION"));
+        assert_eq!(info.experiment, "tiny");
+    }
+
+    #[test]
+    fn bad_names_are_refused_and_leave_nothing_behind() {
+        let root = tempfile::tempdir().unwrap();
+        let exp = synthetic_experiment("../escape", 1);
+        let err = RunDir::create(root.path(), &exp).unwrap_err().to_string();
+        assert!(err.contains("cannot be a folder name"), "{err}");
+        assert_eq!(fs::read_dir(root.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn finish_and_resume_update_the_status_and_trim_the_logs() {
+        let root = tempfile::tempdir().unwrap();
+        let exp = synthetic_experiment("tiny", 1);
+        let mut run = RunDir::create(root.path(), &exp).unwrap();
+        let mut train = run.log::<TrainRow>().unwrap();
+        for iter in [10, 20, 30] {
+            train
+                .append(&TrainRow {
+                    iter,
+                    ..TrainRow::default()
+                })
+                .unwrap();
+        }
+        let mut val = run.log::<ValRow>().unwrap();
+        val.append(&ValRow {
+            iter: 20,
+            ..ValRow::default()
+        })
+        .unwrap();
+        val.append(&ValRow {
+            iter: 30,
+            ..ValRow::default()
+        })
+        .unwrap();
+
+        // Our own process is alive and says `running`: resuming now would share the folder.
+        let mut same = RunDir::open(run.path()).unwrap();
+        let err = same.resume(20).unwrap_err().to_string();
+        assert!(err.contains("is in use"), "{err}");
+
+        run.finish(RunStatus::Interrupted, None).unwrap();
+        let mut resumed = RunDir::open(run.path()).unwrap();
+        assert_eq!(resumed.info().status, RunStatus::Interrupted);
+        assert!(resumed.info().ended.is_some());
+        resumed.resume(20).unwrap();
+        let info = RunInfo::load(&run.path().join(RUN_INFO_FILE)).unwrap();
+        assert_eq!(info.status, RunStatus::Running);
+        assert_eq!(info.ended, None);
+        assert_eq!(info.resumed.len(), 1);
+        assert_eq!(info.checkpoint_iter, Some(20));
+        let train = read_rows::<TrainRow>(&run.csv_path::<TrainRow>()).unwrap();
+        assert_eq!(train.iter().map(|r| r.iter).collect::<Vec<_>>(), [10, 20]);
+        let val = read_rows::<ValRow>(&run.csv_path::<ValRow>()).unwrap();
+        assert_eq!(val.iter().map(|r| r.iter).collect::<Vec<_>>(), [20]);
+
+        resumed
+            .finish(
+                RunStatus::Failed,
+                Some("non-finite loss at iteration 25".into()),
+            )
+            .unwrap();
+        let info = RunInfo::load(&run.path().join(RUN_INFO_FILE)).unwrap();
+        assert_eq!(info.status, RunStatus::Failed);
+        assert_eq!(
+            info.error.as_deref(),
+            Some("non-finite loss at iteration 25")
+        );
+    }
+
+    #[test]
+    fn a_killed_run_can_be_resumed() {
+        let root = tempfile::tempdir().unwrap();
+        let exp = synthetic_experiment("tiny", 1);
+        let run = RunDir::create(root.path(), &exp).unwrap();
+        // SIGKILL leaves `running` with the pid of a process that no longer exists.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead_pid = child.id();
+        child.wait().unwrap();
+        let mut info = run.info().clone();
+        info.pid = dead_pid;
+        info.save(&run.path().join(RUN_INFO_FILE)).unwrap();
+        let mut reopened = RunDir::open(run.path()).unwrap();
+        assert!(!reopened.info().is_live());
+        reopened.resume(0).unwrap();
+        assert_eq!(reopened.info().pid, std::process::id());
+    }
+
+    #[test]
+    fn opening_a_folder_without_run_json_says_what_is_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = RunDir::open(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("is not a run folder") && err.contains("run.json"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,141 @@
+//! The few statistics the charts and reports use: means with standard errors over seeds,
+//! centred rolling means and standard deviations of a logged series, and the loss noise.
+
+/// Mean and standard error of the mean (sample standard deviation / √n). The standard error
+/// needs two values; `None` for an empty slice.
+pub fn mean_se(values: &[f64]) -> Option<(f64, Option<f64>)> {
+    let n = values.len();
+    if n == 0 {
+        return None;
+    }
+    let mean = values.iter().sum::<f64>() / n as f64;
+    let se = (n >= 2).then(|| {
+        let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+        (var / n as f64).sqrt()
+    });
+    Some((mean, se))
+}
+
+/// Centred rolling mean over `window` points (odd; h = window/2 on each side), truncated at
+/// the ends. For display: it follows the curve without lagging behind it.
+pub fn rolling_mean(values: &[f64], window: usize) -> Vec<f64> {
+    let h = window / 2;
+    let mut prefix = vec![0.0];
+    for v in values {
+        prefix.push(prefix.last().unwrap_or(&0.0) + v);
+    }
+    (0..values.len())
+        .map(|i| {
+            let (a, b) = (i.saturating_sub(h), (i + h + 1).min(values.len()));
+            (prefix[b] - prefix[a]) / (b - a) as f64
+        })
+        .collect()
+}
+
+/// Centred rolling standard deviation: for point i, the sample standard deviation (divisor
+/// W − 1) of the W = 2h + 1 points i − h ..= i + h around their own mean. `None` where the
+/// window does not fit inside the series.
+pub fn rolling_std(values: &[f64], window: usize) -> Vec<Option<f64>> {
+    let h = window / 2;
+    let w = 2 * h + 1;
+    (0..values.len())
+        .map(|i| {
+            if h == 0 || i < h || i + h >= values.len() {
+                return None;
+            }
+            let win = &values[i - h..=i + h];
+            let mean = win.iter().sum::<f64>() / w as f64;
+            let var = win.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (w - 1) as f64;
+            Some(var.sqrt())
+        })
+        .collect()
+}
+
+/// The loss noise of one run: the mean of [`rolling_std`] over the points in the second half
+/// of the series (0-based index i ≥ n/2, rounded down), among those where the window fits.
+/// `None` when no such point exists (fewer than about 2W logged points).
+pub fn loss_noise(values: &[f64], window: usize) -> Option<f64> {
+    let second_half: Vec<f64> = rolling_std(values, window)
+        .into_iter()
+        .skip(values.len() / 2)
+        .flatten()
+        .collect();
+    mean_se(&second_half).map(|(mean, _)| mean)
+}
+
+/// a / b with the standard error of the ratio from those of a and b (first-order
+/// propagation, treating a and b as independent): (a/b)·√((se_a/a)² + (se_b/b)²).
+pub fn ratio_se(a: f64, se_a: Option<f64>, b: f64, se_b: Option<f64>) -> (f64, Option<f64>) {
+    let ratio = a / b;
+    let se = se_a
+        .zip(se_b)
+        .map(|(sa, sb)| ratio.abs() * ((sa / a).powi(2) + (sb / b).powi(2)).sqrt());
+    (ratio, se)
+}
+
+/// a − b with the standard error √(se_a² + se_b²) (independent groups).
+pub fn difference_se(a: f64, se_a: Option<f64>, b: f64, se_b: Option<f64>) -> (f64, Option<f64>) {
+    (a - b, se_a.zip(se_b).map(|(sa, sb)| sa.hypot(sb)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mean_and_standard_error_by_hand() {
+        // 1, 2, 3, 6: mean 3, squared deviations 4 + 1 + 0 + 9 = 14, variance 14/3.
+        let (mean, se) = mean_se(&[1.0, 2.0, 3.0, 6.0]).unwrap();
+        assert_eq!(mean, 3.0);
+        assert!((se.unwrap() - (14.0f64 / 3.0 / 4.0).sqrt()).abs() < 1e-15);
+        assert_eq!(mean_se(&[5.0]), Some((5.0, None)));
+        assert_eq!(mean_se(&[]), None);
+    }
+
+    #[test]
+    fn rolling_mean_is_centred_and_truncated_at_the_ends() {
+        let m = rolling_mean(&[0.0, 3.0, 6.0, 9.0, 12.0], 3);
+        assert_eq!(m, [1.5, 3.0, 6.0, 9.0, 10.5]);
+        assert_eq!(rolling_mean(&[1.0, 2.0], 1), [1.0, 2.0]);
+    }
+
+    #[test]
+    fn rolling_std_of_an_alternating_series() {
+        // Window 3 over c ± d alternating: deviations from the window mean are 2d/3, −4d/3,
+        // 2d/3 (or their negatives); sum of squares 24d²/9, over W − 1 = 2: 4d²/3.
+        let d = 0.3;
+        let values: Vec<f64> = (0..8)
+            .map(|i| 2.0 + if i % 2 == 0 { d } else { -d })
+            .collect();
+        let s = rolling_std(&values, 3);
+        assert_eq!(s[0], None);
+        assert_eq!(s[7], None);
+        for v in &s[1..7] {
+            assert!((v.unwrap() - 2.0 * d / 3f64.sqrt()).abs() < 1e-12);
+        }
+        assert!((loss_noise(&values, 3).unwrap() - 2.0 * d / 3f64.sqrt()).abs() < 1e-12);
+        assert_eq!(loss_noise(&values[..2], 3), None);
+    }
+
+    #[test]
+    fn noise_uses_only_the_second_half() {
+        // Noisy first half, flat second half: the noise is that of the flat part, 0.
+        let mut values: Vec<f64> = (0..10)
+            .map(|i| if i % 2 == 0 { 5.0 } else { 1.0 })
+            .collect();
+        values.extend([1.0; 10]);
+        assert_eq!(loss_noise(&values, 3), Some(0.0));
+    }
+
+    #[test]
+    fn ratio_and_difference_errors() {
+        let (r, se) = ratio_se(2.0, Some(0.2), 4.0, Some(0.4));
+        assert_eq!(r, 0.5);
+        assert!((se.unwrap() - 0.5 * (0.01f64 + 0.01).sqrt()).abs() < 1e-15);
+        assert_eq!(
+            difference_se(3.0, Some(3.0), 1.0, Some(4.0)),
+            (2.0, Some(5.0))
+        );
+        assert_eq!(ratio_se(1.0, None, 2.0, Some(0.1)).1, None);
+    }
+}
