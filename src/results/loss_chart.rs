@@ -56,7 +56,11 @@ pub fn loss_chart(title: &str, train: &[TrainRow], val: &[ValRow]) -> LineChart 
     series.push(Series {
         label: Some("train loss (each logged step)".into()),
         points: train_points.clone(),
-        style: LineStyle::solid(RGBColor(160, 178, 210), 1),
+        style: LineStyle {
+            // A handful of points (or a single one, which draws no line) get markers.
+            marker: (train_points.len() <= 30).then_some(Marker::Circle),
+            ..LineStyle::solid(RGBColor(120, 145, 190), 1)
+        },
         markers_only: false,
     });
     if window > 1 {

@@ -201,7 +201,7 @@ same interval for their noise to be comparable.
 - **Final train loss.** Mean of the last W logged train losses of a run.
 - **Charts.** Each group's curve is the mean over its runs at the iterations all of them \
 logged; the shaded band spans the lowest to the highest run. Train losses are smoothed with a \
-centred rolling mean of W logged points; the loss-noise chart shows the rolling standard \
+centred rolling mean of W logged points (the window shrinks symmetrically at the ends); the loss-noise chart shows the rolling standard \
 deviation s_i.";
 
 /// A run folder found from the inputs, with its sweep member name if it came from a sweep.

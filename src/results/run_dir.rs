@@ -11,7 +11,7 @@ use super::atomic::write_atomic;
 use super::csv_log::{CsvLog, EvalRow, LogRow, TrainRow, ValRow, truncate_after};
 use super::loss_chart;
 use super::run_info::{RunInfo, RunStatus, now};
-use crate::spec::Experiment;
+use crate::spec::{self, Experiment};
 
 pub const EXPERIMENT_FILE: &str = "experiment.ron";
 pub const RUN_INFO_FILE: &str = "run.json";
@@ -125,11 +125,9 @@ impl RunDir {
         CsvLog::open(&self.csv_path::<R>())
     }
 
-    /// Writes `experiment.ron`: the resolved experiment, exactly what runs.
+    /// Writes `experiment.ron`: the resolved experiment, exactly what runs ([`spec::to_ron`]).
     pub fn write_experiment(&self, experiment: &Experiment) -> Result<()> {
-        let text = ron::ser::to_string_pretty(experiment, ron::ser::PrettyConfig::new())
-            .context("cannot serialise the experiment as RON")?;
-        self.write_experiment_text(&text)
+        self.write_experiment_text(&spec::to_ron(experiment))
     }
 
     /// Writes `experiment.ron` from text (for callers that keep the resolved file as text).
@@ -173,11 +171,10 @@ impl RunDir {
     }
 }
 
-/// Reads an `experiment.ron` as written by [`RunDir::write_experiment`].
+/// Reads an `experiment.ron` with the experiment loader (schema and semantic checks; errors
+/// located in the file).
 pub fn read_experiment(path: &Path) -> Result<Experiment> {
-    let text =
-        fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    ron::from_str(&text).map_err(|err| anyhow::anyhow!("{}:{err}", path.display()))
+    Ok(spec::load(path, &[])?.experiment)
 }
 
 /// Claims the first free folder among `base`, `base-2`, `base-3`, ... with `create_dir`.

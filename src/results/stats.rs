@@ -16,18 +16,19 @@ pub fn mean_se(values: &[f64]) -> Option<(f64, Option<f64>)> {
     Some((mean, se))
 }
 
-/// Centred rolling mean over `window` points (odd; h = window/2 on each side), truncated at
-/// the ends. For display: it follows the curve without lagging behind it.
+/// Centred rolling mean over `window` points (odd; h = window/2 on each side). Near the ends
+/// the window shrinks symmetrically (to the first and last point themselves), so the curve
+/// stays centred: it neither lags behind the data nor bends towards the middle at the ends.
 pub fn rolling_mean(values: &[f64], window: usize) -> Vec<f64> {
-    let h = window / 2;
+    let n = values.len();
     let mut prefix = vec![0.0];
     for v in values {
         prefix.push(prefix.last().unwrap_or(&0.0) + v);
     }
-    (0..values.len())
+    (0..n)
         .map(|i| {
-            let (a, b) = (i.saturating_sub(h), (i + h + 1).min(values.len()));
-            (prefix[b] - prefix[a]) / (b - a) as f64
+            let h = (window / 2).min(i).min(n - 1 - i);
+            (prefix[i + h + 1] - prefix[i - h]) / (2 * h + 1) as f64
         })
         .collect()
 }
@@ -93,10 +94,16 @@ mod tests {
     }
 
     #[test]
-    fn rolling_mean_is_centred_and_truncated_at_the_ends() {
-        let m = rolling_mean(&[0.0, 3.0, 6.0, 9.0, 12.0], 3);
-        assert_eq!(m, [1.5, 3.0, 6.0, 9.0, 10.5]);
+    fn rolling_mean_is_centred_and_shrinks_at_the_ends() {
+        // Window 5 over 1, 2, 4, 8, 16, 32: the ends keep only themselves, the next points
+        // average 3, the middle ones 5.
+        let m = rolling_mean(&[1.0, 2.0, 4.0, 8.0, 16.0, 32.0], 5);
+        assert_eq!(
+            m,
+            [1.0, 7.0 / 3.0, 31.0 / 5.0, 62.0 / 5.0, 56.0 / 3.0, 32.0]
+        );
         assert_eq!(rolling_mean(&[1.0, 2.0], 1), [1.0, 2.0]);
+        assert_eq!(rolling_mean(&[], 3), Vec::<f64>::new());
     }
 
     #[test]

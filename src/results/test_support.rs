@@ -28,6 +28,7 @@ pub fn synthetic_experiment(name: &str, seed: u64) -> Experiment {
             batch_size: 4,
             grad_accum: 1,
             max_iters: 100,
+            warmup_iters: 10,
             log_interval: 1,
             eval_interval: 10,
             ..Train::default()
