@@ -253,6 +253,28 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_creations_never_share_a_folder() {
+        let root = tempfile::tempdir().unwrap();
+        let exp = synthetic_experiment("tiny", 1);
+        let ids: Vec<String> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    scope.spawn(|| {
+                        RunDir::create_with_id(root.path(), &exp, "same")
+                            .unwrap()
+                            .info
+                            .run_id
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let unique: std::collections::BTreeSet<&String> = ids.iter().collect();
+        assert_eq!(unique.len(), 8, "{ids:?}");
+        assert_eq!(fs::read_dir(root.path().join("tiny")).unwrap().count(), 8);
+    }
+
+    #[test]
     fn creation_writes_a_readable_experiment_and_run_info() {
         let root = tempfile::tempdir().unwrap();
         let exp = synthetic_experiment("tiny", 7);

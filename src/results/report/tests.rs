@@ -295,6 +295,10 @@ fn the_baseline_can_be_chosen_and_must_be_unambiguous() {
     assert_eq!(summary[0].label, "sampler=LowDiscrepancy");
     close(summary[1].noise_ratio, 0.4 / 0.15, "inverse ratio");
 
+    // The summary file itself names the sweep just as well.
+    let by_file = super::report(&options(&root, &["sweeps/cmp/summary.csv"])).unwrap();
+    assert_eq!((by_file.runs, by_file.groups), (6, 2));
+
     opts.baseline = Some("sampler".into());
     let err = super::report(&opts).unwrap_err().to_string();
     assert!(
