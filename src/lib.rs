@@ -5,5 +5,6 @@
 //! training recipe; the CLI ([`cli`]) only parses arguments and calls into the library.
 
 pub mod cli;
+pub mod data;
 pub mod rng;
 pub mod spec;
