@@ -49,7 +49,8 @@ pub fn download(url: &str, dest: &Path) -> Result<()> {
     let part = part_path(dest);
     let have = fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
 
-    let mut request = agent().get(url);
+    // Byte ranges must count the file's own bytes, never a compressed transfer of them.
+    let mut request = agent().get(url).header("Accept-Encoding", "identity");
     if have > 0 {
         request = request.header("Range", format!("bytes={have}-"));
     }
