@@ -339,6 +339,29 @@ fn text_corpus_with_characters() {
             && err.contains("--force"),
         "{err}"
     );
+
+    // A damaged split: the fix is the same command with the recorded sources and --force.
+    let val = root.join("val.bin");
+    let bytes = fs::read(&val).unwrap();
+    fs::write(&val, &bytes[..bytes.len() - 2]).unwrap();
+    let err = data::open(&Dataset::Text {
+        root: root.clone(),
+        seq_len: 8,
+        tokenizer: Tokenizer::Char,
+    })
+    .err()
+    .unwrap();
+    let err = format!("{err:#}");
+    let command = format!(
+        "ddexp data prepare text --from {} {} --tokenizer char --root {} --force",
+        dir.path().join("book.txt").display(),
+        dir.path().join("note.md").display(),
+        root.display()
+    );
+    assert!(
+        err.contains("val.bin (split val) is truncated") && err.contains(&command),
+        "{err}"
+    );
 }
 
 #[test]

@@ -205,3 +205,21 @@ fn model_vocabulary_must_match() {
     let err = format!("{:#}", corpus.check_model_vocab(50257).unwrap_err());
     assert!(err.contains("different vocabulary"), "{err}");
 }
+
+#[test]
+fn ranks_on_threads_share_one_corpus() {
+    let corpus = std::sync::Arc::new(synthetic(16, 0));
+    let serial: Vec<Vec<u32>> = (0..2)
+        .map(|rank| corpus.train_batch(9, 4, 0, rank, 8))
+        .collect();
+    let threaded: Vec<Vec<u32>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..2)
+            .map(|rank| {
+                let corpus = corpus.clone();
+                s.spawn(move || corpus.train_batch(9, 4, 0, rank, 8))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(serial, threaded);
+}

@@ -68,8 +68,10 @@ fn from_folder(
         let force = if root.exists() { " --force" } else { "" };
         format!("\n  to prepare it, run: {command}{force}")
     };
-    let folder = store::open_folder(root, Check::Open)
-        .map_err(|e| anyhow!("dataset {}: {e:#}{}", root.display(), fix(&[])))?;
+    let folder = store::open_folder(root, Check::Open).map_err(|e| {
+        let sources = store::recorded_sources(root);
+        anyhow!("dataset {}: {e:#}{}", root.display(), fix(&sources))
+    })?;
     let sources = folder
         .meta
         .as_ref()
@@ -77,7 +79,7 @@ fn from_folder(
         .unwrap_or_default();
     if folder.kind != kind {
         bail!(
-            "dataset {} holds {} data (its meta.json), but the experiment's dataset is {}{}",
+            "dataset {} holds {} data, but the experiment's dataset is {}{}",
             root.display(),
             folder.kind.name(),
             kind.name(),

@@ -186,7 +186,6 @@ pub struct Totals {
     pub documents: u64,
     pub tokens: u64,
     pub bytes: u64,
-    pub seconds: f64,
 }
 
 /// Tokenises every document of `files` with `encode` on all cores and hands the ids to
@@ -262,6 +261,5 @@ pub fn tokenize(
         Ok(())
     })?;
     bar.finish_and_clear();
-    totals.seconds = started.elapsed().as_secs_f64();
     Ok(totals)
 }

@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::path::PathBuf;
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
 use rayon::prelude::*;
@@ -68,6 +69,7 @@ pub fn prepare_openwebtext(args: &PrepareOpenWebText) -> Result<Prepared> {
         }
     };
 
+    let started = Instant::now();
     let counts = files
         .par_iter()
         .map(documents::count)
@@ -112,7 +114,7 @@ pub fn prepare_openwebtext(args: &PrepareOpenWebText) -> Result<Prepared> {
         root: args.root.clone(),
         meta,
         input_bytes: totals.bytes,
-        seconds: totals.seconds,
+        seconds: started.elapsed().as_secs_f64(),
     })
 }
 

@@ -303,6 +303,12 @@ fn open_ddexp(root: &Path, meta_path: &Path, check: Check) -> Result<Folder> {
     let mut splits = Vec::with_capacity(3);
     for split in Split::ALL {
         let record = meta.splits.get(split);
+        ensure!(
+            !record.file.is_empty() && !record.file.contains(['/', '\\']) && record.file != "..",
+            "{}: split {split} names the file {:?}; split files must be plain names inside the folder",
+            meta_path.display(),
+            record.file
+        );
         let path = root.join(&record.file);
         let expected_bytes = record.tokens * 2;
         let found = fs::metadata(&path)
@@ -343,6 +349,16 @@ fn open_ddexp(root: &Path, meta_path: &Path, check: Check) -> Result<Folder> {
             .try_into()
             .unwrap_or_else(|_| unreachable!("three splits")),
     })
+}
+
+/// The sources `root/meta.json` records, if it can be read (for the command that
+/// re-prepares a damaged dataset).
+pub fn recorded_sources(root: &Path) -> Vec<String> {
+    fs::read_to_string(root.join(META_FILE))
+        .ok()
+        .and_then(|text| serde_json::from_str::<Meta>(&text).ok())
+        .map(|meta| meta.sources)
+        .unwrap_or_default()
 }
 
 /// nanoDD's text8 folder: `{train,val,test}.npy` of uint16 ids over text8's alphabet.

@@ -11,6 +11,7 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::time::Instant;
 
 use anyhow::{Result, ensure};
 use rayon::prelude::*;
@@ -56,6 +57,7 @@ pub fn prepare_text(args: &PrepareText) -> Result<Prepared> {
     let sources: Vec<String> = args.from.iter().map(|p| p.display().to_string()).collect();
     let command = prepare_command(&args.root, &sources, args.tokenizer);
     let staging = Staging::begin(&args.root, args.force, &command)?;
+    let started = Instant::now();
     let files = documents::find_files(&args.from)?;
     let count = files
         .par_iter()
@@ -92,7 +94,7 @@ pub fn prepare_text(args: &PrepareText) -> Result<Prepared> {
         root: args.root.clone(),
         meta,
         input_bytes: totals.bytes,
-        seconds: totals.seconds,
+        seconds: started.elapsed().as_secs_f64(),
     })
 }
 
