@@ -137,6 +137,22 @@ pub fn download(url: &str, dest: &Path) -> Result<()> {
         .with_context(|| format!("cannot rename {} to {}", part.display(), dest.display()))
 }
 
+/// A safe local file name for what `url` serves: its last path segment when that is a plain
+/// name, `fallback` otherwise.
+pub fn file_name<'a>(url: &'a str, fallback: &'a str) -> &'a str {
+    url.split(['?', '#'])
+        .next()
+        .and_then(|path| path.rsplit('/').next())
+        .filter(|name| {
+            !name.is_empty()
+                && !name.starts_with('.')
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        })
+        .unwrap_or(fallback)
+}
+
 fn part_path(dest: &Path) -> PathBuf {
     let mut name = dest.as_os_str().to_owned();
     name.push(".part");
@@ -153,4 +169,24 @@ fn content_range_starts_at(response: &ureq::http::Response<ureq::Body>, offset: 
         .and_then(|v| v.split('-').next())
         .and_then(|v| v.trim().parse::<u64>().ok())
         == Some(offset)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_names_of_urls() {
+        assert_eq!(
+            file_name("http://mattmahoney.net/dc/text8.zip", "x"),
+            "text8.zip"
+        );
+        assert_eq!(
+            file_name("https://hub/train/0000.parquet?download=true", "x"),
+            "0000.parquet"
+        );
+        assert_eq!(file_name("https://hub/dir/", "x"), "x");
+        assert_eq!(file_name("https://hub/..", "x"), "x");
+        assert_eq!(file_name("https://hub/a%2Fb", "x"), "x");
+    }
 }

@@ -150,16 +150,7 @@ fn download_shards(root: &std::path::Path, shards: &[String]) -> Result<Vec<DocF
         .iter()
         .enumerate()
         .map(|(i, url)| {
-            let name = url
-                .split(['?', '#'])
-                .next()
-                .and_then(|path| path.rsplit('/').next())
-                .filter(|n| {
-                    !n.is_empty()
-                        && n.chars()
-                            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-                })
-                .unwrap_or("shard.parquet");
+            let name = download::file_name(url, "shard.parquet");
             let dest = dir.join(format!("{i:05}-{name}"));
             eprintln!("shard {}/{}: {url}", i + 1, shards.len());
             download::download(url, &dest)?;

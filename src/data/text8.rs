@@ -43,11 +43,7 @@ pub fn prepare_text8(args: &PrepareText8) -> Result<Prepared> {
     let (path, source) = match &args.source {
         Text8Source::File(path) => (path.clone(), path.display().to_string()),
         Text8Source::Url(url) => {
-            let name = url
-                .rsplit('/')
-                .next()
-                .filter(|n| !n.is_empty())
-                .unwrap_or("text8.zip");
+            let name = download::file_name(url, "text8.zip");
             let dest = download_dir.join(name);
             download::download(url, &dest)?;
             (dest, url.clone())
