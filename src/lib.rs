@@ -6,6 +6,7 @@
 
 pub mod backend;
 pub mod cli;
+pub mod data;
 pub mod results;
 pub mod rng;
 pub mod spec;
