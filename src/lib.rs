@@ -5,5 +5,7 @@
 //! training recipe; the CLI ([`cli`]) only parses arguments and calls into the library.
 
 pub mod cli;
+pub mod diffusion;
+pub mod model;
 pub mod rng;
 pub mod spec;

@@ -65,8 +65,14 @@ mod tests {
 
     #[test]
     fn same_place_same_draws() {
-        let a: Vec<u32> = rng(7, Stream::Times, &[3, 1]).random_iter().take(8).collect();
-        let b: Vec<u32> = rng(7, Stream::Times, &[3, 1]).random_iter().take(8).collect();
+        let a: Vec<u32> = rng(7, Stream::Times, &[3, 1])
+            .random_iter()
+            .take(8)
+            .collect();
+        let b: Vec<u32> = rng(7, Stream::Times, &[3, 1])
+            .random_iter()
+            .take(8)
+            .collect();
         assert_eq!(a, b);
     }
 
