@@ -431,3 +431,174 @@ pub fn sample_categorical<B: Backend>(
     let target = (uniforms * total).expand([batch, seq_len, k]);
     cdf.lower(target).int().sum_dim(2).squeeze_dim::<2>(2)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::DitConfig;
+    use burn::backend::Flex;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    type B = Flex;
+
+    fn net() -> Dit<B> {
+        let c = DitConfig {
+            num_classes: 6,
+            n_embed: 16,
+            n_heads: 2,
+            n_blocks: 1,
+            n_cond: 8,
+            dropout: 0.0,
+        };
+        // Non-zero final modulation so predictions depend on the input.
+        let mut weights = c.init_state_dict(3);
+        weights.insert(
+            "adaLN_modulation.weight",
+            TensorData::new((0..32 * 8).map(|i| (i % 5) as f32 * 0.1).collect(), [32, 8]),
+        );
+        Dit::from_state_dict(&c, &weights, &Default::default()).unwrap()
+    }
+
+    fn tokens(rows: Vec<Vec<i64>>) -> Tensor<B, 2, Int> {
+        let (b, l) = (rows.len(), rows[0].len());
+        let flat: Vec<i64> = rows.into_iter().flatten().collect();
+        Tensor::from_data(TensorData::new(flat, [b, l]), &Default::default())
+    }
+
+    fn ints(x: Tensor<B, 2, Int>) -> Vec<i64> {
+        x.into_data().convert::<i64>().to_vec().unwrap()
+    }
+
+    fn floats<const D: usize>(x: Tensor<B, D>) -> Vec<f32> {
+        x.into_data().convert::<f32>().to_vec().unwrap()
+    }
+
+    #[test]
+    fn schedule_is_linear_in_alpha_bar() {
+        let p = D3pmAbsorbing::new(1000, 0.05, 28);
+        assert_eq!(p.betas()[0], 0.0);
+        assert_eq!(p.betas()[1000], 1.0);
+        assert_eq!(p.alpha_bars()[0], 1.0);
+        assert_eq!(p.alpha_bars()[1000], 0.0);
+        for (s, a) in p.alpha_bars().iter().enumerate() {
+            assert!((*a as f64 - (1000 - s) as f64 / 1000.0).abs() < 1e-6, "s = {s}");
+        }
+        for s in [1, 2, 500, 1000] {
+            assert!((p.unmask_probability(s, s - 1) - 1.0 / s as f64).abs() < 1e-5);
+        }
+        assert!((p.unmask_probability(1000, 500) - 0.5).abs() < 1e-6);
+    }
+
+    #[test]
+    fn noise_masks_with_probability_one_minus_alpha_bar() {
+        let p = D3pmAbsorbing::new(10, 0.05, 6);
+        let x0 = tokens(vec![vec![1; 2000], vec![2; 2000], vec![3; 2000]]);
+        // t + 1 = 10 (everything masked), 5 (half), 1 (a tenth).
+        let t = [9, 4, 0];
+        let noised = ints(p.noise(x0.clone(), &t, &mut ChaCha8Rng::seed_from_u64(1)));
+        let masked = |row: usize| noised[row * 2000..(row + 1) * 2000].iter().filter(|&&v| v == 5).count();
+        assert_eq!(masked(0), 2000);
+        assert!((900..1100).contains(&masked(1)), "{}", masked(1));
+        assert!((140..260).contains(&masked(2)), "{}", masked(2));
+        // Unmasked tokens are the data, and the draw is a function of the rng.
+        assert!(noised[4000..].iter().all(|&v| v == 3 || v == 5));
+        assert_eq!(noised, ints(p.noise(x0, &t, &mut ChaCha8Rng::seed_from_u64(1))));
+    }
+
+    #[test]
+    fn exact_reverse_step_unmasks_at_the_closed_form_rate() {
+        let p = D3pmAbsorbing::new(100, 0.05, 6);
+        let net = net();
+        let x_s = tokens(vec![vec![5, 5, 1, 5], vec![2, 5, 5, 5]]);
+        // Adjacent and coarse steps.
+        for (s, s_prev) in [([40, 3], [39, 2]), ([90, 50], [30, 10])] {
+            let log_probs = p.reverse_log_probs(&net, x_s.clone(), &s, &s_prev, ReverseMode::Exact);
+            let probs = floats(softmax(log_probs, 2));
+            for row in 0..2 {
+                let stay = 1.0 - p.unmask_probability(s[row], s_prev[row]);
+                for pos in 0..4 {
+                    let idx = (row * 4 + pos) * 6;
+                    if ints(x_s.clone())[row * 4 + pos] == 5 {
+                        let mask_prob = probs[idx + 5] as f64;
+                        assert!((mask_prob - stay).abs() < 1e-5, "{mask_prob} vs {stay}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn reverse_steps_keep_unmasked_tokens_in_exact_mode() {
+        let p = D3pmAbsorbing::new(100, 0.05, 6);
+        let net = net();
+        let x_s = tokens(vec![vec![5, 0, 1, 5, 4, 5], vec![2, 5, 5, 3, 5, 0]]);
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        // s = 1 → 0: every masked position is drawn from p(x_0), never the mask.
+        let x = ints(p.reverse_step(&net, x_s.clone(), &[1, 1], &[0, 0], ReverseMode::Exact, &mut rng));
+        for (before, after) in ints(x_s.clone()).into_iter().zip(&x) {
+            assert_ne!(*after, 5);
+            if before != 5 {
+                assert_eq!(before, *after);
+            }
+        }
+        for _ in 0..5 {
+            let x = ints(p.reverse_step(&net, x_s.clone(), &[50, 7], &[49, 6], ReverseMode::Exact, &mut rng));
+            for (before, after) in ints(x_s.clone()).into_iter().zip(&x) {
+                if before != 5 {
+                    assert_eq!(before, *after);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn categorical_draws_follow_the_probabilities() {
+        let probs = vec![0.0f32, 0.5, 0.0, 0.25, 0.25, 0.0];
+        let n = 4000;
+        let all: Vec<f32> = (0..n).flat_map(|_| probs.clone()).collect();
+        let probs_t = Tensor::<B, 3>::from_data(TensorData::new(all, [1, n, 6]), &Default::default());
+        let draws = ints(sample_categorical(probs_t, &mut ChaCha8Rng::seed_from_u64(2)));
+        let count = |k: i64| draws.iter().filter(|&&d| d == k).count();
+        for k in [0, 2, 5] {
+            assert_eq!(count(k), 0, "class {k} has probability 0");
+        }
+        assert!((1880..2120).contains(&count(1)), "{}", count(1));
+        assert!((900..1100).contains(&count(3)), "{}", count(3));
+    }
+
+    #[test]
+    fn loss_is_the_hybrid_mean_and_stats_merge_like_one_batch() {
+        let p = D3pmAbsorbing::new(100, 0.05, 6);
+        let net = net();
+        let x0 = tokens(vec![vec![0, 1, 2, 3], vec![4, 3, 2, 1], vec![1, 1, 0, 0]]);
+        let t = [0, 37, 99];
+        let x_next = p.noise(x0.clone(), &t, &mut ChaCha8Rng::seed_from_u64(5));
+        let out = p.loss_from_terms(p.token_terms(&net, x0.clone(), x_next.clone(), &t), &t);
+        let kl = floats(out.terms.kl.clone());
+        let ce = floats(out.terms.ce.clone());
+        assert!(kl.iter().all(|&v| v >= 0.0));
+        let expected: f32 = (0..12)
+            .map(|i| if i < 4 { ce[i] } else { kl[i] + 0.05 * ce[i] })
+            .sum::<f32>()
+            / 12.0;
+        assert!((floats(out.loss.clone())[0] - expected).abs() < 1e-6);
+
+        let stats = out.stats(100);
+        let kl_mean = kl[4..].iter().sum::<f32>() as f64 / 8.0;
+        let recon = ce[..4].iter().sum::<f32>() as f64 / 4.0;
+        assert!((stats.kl() - kl_mean).abs() < 1e-6);
+        assert!((stats.l_t() - (kl_mean * 99.0 + recon)).abs() < 1e-4);
+        assert!((stats.bits_per_token() - stats.l_t() / std::f64::consts::LN_2).abs() < 1e-9);
+
+        // The same tokens split in two micro-batches give the same stats once merged.
+        let rows = |x: &Tensor<B, 2, Int>, a: usize, n: usize| x.clone().narrow(0, a, n);
+        let first = p.loss_from_terms(p.token_terms(&net, rows(&x0, 0, 1), rows(&x_next, 0, 1), &t[..1]), &t[..1]);
+        let rest = p.loss_from_terms(p.token_terms(&net, rows(&x0, 1, 2), rows(&x_next, 1, 2), &t[1..]), &t[1..]);
+        let mut merged = first.stats(100);
+        merged.merge(&rest.stats(100));
+        assert_eq!(merged.tokens, stats.tokens);
+        assert!((merged.l_t() - stats.l_t()).abs() < 1e-4);
+        assert!((merged.loss() - stats.loss()).abs() < 1e-6);
+    }
+}

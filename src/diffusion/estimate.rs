@@ -112,3 +112,51 @@ impl Moments {
         (var.max(0.0) / n).sqrt()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+    use burn::tensor::TensorData;
+
+    #[test]
+    fn l_t_without_reconstruction_scales_kl_by_t() {
+        let stats = LossStats {
+            timesteps: 10,
+            tokens: 4,
+            loss_sum: 2.0,
+            kl_tokens: 4,
+            kl_sum: 1.0,
+            ce_sum: 8.0,
+            recon_tokens: 0,
+            recon_sum: 0.0,
+        };
+        assert_eq!(stats.l_t(), 0.25 * 10.0);
+        assert_eq!(stats.ce(), 2.0);
+        assert_eq!(stats.loss(), 0.5);
+        let only_recon = LossStats {
+            kl_tokens: 0,
+            kl_sum: 0.0,
+            recon_tokens: 4,
+            ..stats
+        };
+        assert!(only_recon.kl().is_nan(), "no KL tokens: no estimate, as the reference");
+    }
+
+    #[test]
+    fn moments_give_the_standard_error_of_sequence_means() {
+        // Sequence means 1, 2, 3, 6.
+        let values = vec![1.0f32, 1.0, 2.0, 2.0, 3.0, 3.0, 5.0, 7.0];
+        let per_token =
+            Tensor::<Flex, 2>::from_data(TensorData::new(values, [4, 2]), &Default::default());
+        let mut m = Moments::of_sequence_means(per_token);
+        assert_eq!(m.count, 4);
+        assert_eq!(m.mean(), 3.0);
+        // Sample variance (4 + 1 + 0 + 9) / 3, standard error sqrt(var / 4).
+        assert!((m.std_error() - (14.0f64 / 3.0 / 4.0).sqrt()).abs() < 1e-12);
+        let copy = m;
+        m.merge(&copy);
+        assert_eq!(m.count, 8);
+        assert_eq!(m.mean(), 3.0);
+    }
+}

@@ -291,3 +291,96 @@ pub fn seed_dropout<B: Backend>(
         derive_seed(seed, Stream::Dropout, &[iteration, micro, rank]),
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, Flex};
+
+    fn config(dropout: f64) -> DitConfig {
+        DitConfig {
+            num_classes: 7,
+            n_embed: 16,
+            n_heads: 2,
+            n_blocks: 2,
+            n_cond: 8,
+            dropout,
+        }
+    }
+
+    /// Initial weights with the adaLN modulations made non-zero, so every branch matters.
+    fn busy_net<B: Backend>(dropout: f64) -> Dit<B> {
+        let c = config(dropout);
+        let mut weights = c.init_state_dict(1);
+        for name in [
+            "blocks.0.adaLN_modulation.weight",
+            "blocks.1.adaLN_modulation.weight",
+            "adaLN_modulation.weight",
+        ] {
+            let shape = weights.get(name).unwrap().shape.clone();
+            let n: usize = shape.iter().product();
+            let values: Vec<f32> = (0..n).map(|i| ((i * 7919) % 13) as f32 / 13.0 - 0.5).collect();
+            weights.insert(name, TensorData::new(values, shape));
+        }
+        Dit::from_state_dict(&c, &weights, &Default::default()).unwrap()
+    }
+
+    fn inputs<B: Backend>() -> (Tensor<B, 2, Int>, Tensor<B, 1>) {
+        let device = Default::default();
+        let x = Tensor::from_data(
+            TensorData::new(vec![0i64, 3, 6, 6, 2, 1, 5, 4, 6, 0, 1, 2], [2, 6]),
+            &device,
+        );
+        let t = Tensor::from_data(TensorData::new(vec![1.0f32, 700.0], [2]), &device);
+        (x, t)
+    }
+
+    #[test]
+    fn zero_initialised_blocks_are_the_identity() {
+        let net: Dit<Flex> = config(0.0).init(1, &Default::default());
+        let (x, t) = inputs();
+        let mut trace = DitTrace::default();
+        let logits = net.forward_traced(x, t, Some(&mut trace));
+        assert_eq!(logits.dims(), [2, 6, 7]);
+        let embed = trace.embed.unwrap().into_data();
+        for block in trace.blocks {
+            assert_eq!(block.into_data(), embed);
+        }
+        assert_eq!(trace.timestep_freq.unwrap().dims(), [2, TIME_FREQ_DIM]);
+    }
+
+    #[test]
+    fn the_output_depends_on_time_and_position() {
+        let net: Dit<Flex> = busy_net(0.0);
+        let (x, t) = inputs();
+        let a = net.forward(x.clone(), t.clone()).into_data();
+        let later = net.forward(x.clone(), t + 1.0).into_data();
+        assert_ne!(a, later, "time-conditioned");
+        // Same token at two positions of one sequence: rotary makes the outputs differ.
+        let logits = net.forward(x, Tensor::from_data([5.0f32, 5.0], &Default::default()));
+        let row = |i: usize| logits.clone().narrow(1, i, 1).into_data();
+        assert_ne!(row(2), row(3), "positions 2 and 3 both hold token 6");
+    }
+
+    #[test]
+    fn dropout_is_seeded_and_only_active_with_autodiff() {
+        let (x, t) = inputs::<Autodiff<Flex>>();
+        let device = Default::default();
+        let train: Dit<Autodiff<Flex>> = busy_net(0.5);
+        let run = |seed: u64| {
+            seed_dropout::<Autodiff<Flex>>(&device, 9, seed, 0, 0);
+            train.forward(x.clone(), t.clone()).into_data()
+        };
+        assert_eq!(run(1), run(1), "same stream, same masks");
+        assert_ne!(run(1), run(2), "another iteration, other masks");
+
+        // Without autodiff (evaluation) dropout is off: equal to a dropout-free network.
+        let eval: Dit<Flex> = busy_net(0.5);
+        let plain: Dit<Flex> = busy_net(0.0);
+        let (x, t) = inputs::<Flex>();
+        assert_eq!(
+            eval.forward(x.clone(), t.clone()).into_data(),
+            plain.forward(x, t).into_data()
+        );
+    }
+}

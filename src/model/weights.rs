@@ -471,3 +471,138 @@ fn transpose(data: &TensorData) -> TensorData {
     }
     TensorData::new(out, [cols, rows])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+
+    fn config() -> DitConfig {
+        DitConfig {
+            num_classes: 7,
+            n_embed: 16,
+            n_heads: 2,
+            n_blocks: 2,
+            n_cond: 8,
+            dropout: 0.0,
+        }
+    }
+
+    fn values(weights: &StateDict, name: &str) -> Vec<f32> {
+        weights.get(name).unwrap().to_vec::<f32>().unwrap()
+    }
+
+    #[test]
+    fn init_depends_on_the_seed_only() {
+        let c = config();
+        assert_eq!(c.init_state_dict(3), c.init_state_dict(3));
+        assert_ne!(
+            values(&c.init_state_dict(3), "blocks.0.attn_qkv.weight"),
+            values(&c.init_state_dict(4), "blocks.0.attn_qkv.weight")
+        );
+    }
+
+    #[test]
+    fn init_follows_nanodd() {
+        let c = config();
+        let weights = c.init_state_dict(1);
+        for name in ["blocks.1.adaLN_modulation.weight", "adaLN_modulation.bias"] {
+            assert!(values(&weights, name).iter().all(|&v| v == 0.0), "{name} is zero");
+        }
+        assert!(values(&weights, "norm_final.weight").iter().all(|&v| v == 1.0));
+        let bound = 1.0 / 16f32.sqrt();
+        assert!(values(&weights, "blocks.0.mlp.0.weight").iter().all(|v| v.abs() < bound));
+        let bound = 1.0 / 64f32.sqrt();
+        let mlp_out = values(&weights, "blocks.0.mlp.2.weight");
+        assert!(mlp_out.iter().all(|v| v.abs() < bound));
+        assert!(mlp_out.iter().any(|v| v.abs() > bound / 2.0), "spread over the range");
+        // Embedding: N(0, 1/d) cut at 3 std.
+        let std = 1.0 / 16f32.sqrt();
+        let embed = values(&weights, "vocab_embed.weight");
+        assert!(embed.iter().all(|v| v.abs() <= 3.0 * std));
+        let var = embed.iter().map(|v| v * v).sum::<f32>() / embed.len() as f32;
+        assert!((var.sqrt() / std - 1.0).abs() < 0.25, "std {} vs {std}", var.sqrt());
+    }
+
+    #[test]
+    fn state_dict_round_trips_through_the_network() {
+        let c = config();
+        let device = Default::default();
+        let net: Dit<Flex> = c.init(5, &device);
+        let exported = net.state_dict();
+        let mut expected: Vec<String> = c.param_specs().into_iter().map(|s| s.name).collect();
+        expected.push(INV_FREQ.into());
+        expected.sort();
+        assert_eq!(exported.names().collect::<Vec<_>>(), expected);
+        // Linear weights are exported in PyTorch's [out, in] layout.
+        assert_eq!(exported.get("blocks.0.attn_qkv.weight").unwrap().shape.to_vec(), vec![48, 16]);
+        let mut init = c.init_state_dict(5);
+        init.insert(INV_FREQ, exported.get(INV_FREQ).unwrap().clone());
+        assert_eq!(exported, init);
+        let reloaded = Dit::<Flex>::from_state_dict(&c, &exported, &device).unwrap();
+        assert_eq!(reloaded.state_dict(), exported);
+        assert_eq!(reloaded.config(), c);
+    }
+
+    #[test]
+    fn wrong_weights_are_rejected_with_their_name() {
+        let c = config();
+        let device = Default::default();
+        let load = |weights: &StateDict| {
+            Dit::<Flex>::from_state_dict(&c, weights, &device)
+                .map(|_| ())
+                .unwrap_err()
+                .to_string()
+        };
+
+        let mut missing = c.init_state_dict(1);
+        missing.0.remove("blocks.1.mlp.2.bias");
+        assert!(load(&missing).contains("missing weight `blocks.1.mlp.2.bias`"));
+
+        let mut reshaped = c.init_state_dict(1);
+        reshaped.insert("blocks.0.attn_out.weight", TensorData::zeros::<f32, _>([16, 8]));
+        let err = load(&reshaped);
+        assert!(err.contains("`blocks.0.attn_out.weight` has shape [16, 8], expected [16, 16]"), "{err}");
+
+        let mut extra = c.init_state_dict(1);
+        extra.insert("blocks.2.norm1.weight", TensorData::zeros::<f32, _>([16]));
+        assert!(load(&extra).contains("unexpected weight `blocks.2.norm1.weight`"));
+
+        let mut heads = c.init_state_dict(1);
+        heads.insert(INV_FREQ, TensorData::new(rotary_inv_freq(4), [2]));
+        assert!(load(&heads).contains("does not match n_heads = 2"));
+
+        let mut ints = c.init_state_dict(1);
+        ints.insert("norm_final.weight", TensorData::new(vec![1i64; 16], [16]));
+        assert!(load(&ints).contains("expected a float tensor"));
+    }
+
+    #[test]
+    fn safetensors_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.safetensors");
+        let mut weights = config().init_state_dict(2);
+        weights.insert("steps", TensorData::new(vec![3i64, 4], [2]));
+        weights.write_safetensors(&path, [("k".to_string(), "v".to_string())].into()).unwrap();
+        assert_eq!(StateDict::read_safetensors(&path).unwrap(), weights);
+        // Only the final file is left behind.
+        let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(files.len(), 1);
+
+        std::fs::write(&path, b"not safetensors").unwrap();
+        let err = StateDict::read_safetensors(&path).unwrap_err().to_string();
+        assert!(err.contains("is not a valid safetensors file"), "{err}");
+    }
+
+    #[test]
+    fn prefixes_add_and_strip() {
+        let weights = config().init_state_dict(2);
+        let both = {
+            let mut both = weights.clone().with_prefix("model.");
+            both.0.extend(weights.clone().with_prefix("ema.").0);
+            both
+        };
+        assert_eq!(both.len(), 2 * weights.len());
+        assert_eq!(both.strip_prefix("ema."), weights);
+    }
+}
