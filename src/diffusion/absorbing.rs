@@ -482,7 +482,10 @@ mod tests {
         assert_eq!(p.alpha_bars()[0], 1.0);
         assert_eq!(p.alpha_bars()[1000], 0.0);
         for (s, a) in p.alpha_bars().iter().enumerate() {
-            assert!((*a as f64 - (1000 - s) as f64 / 1000.0).abs() < 1e-6, "s = {s}");
+            assert!(
+                (*a as f64 - (1000 - s) as f64 / 1000.0).abs() < 1e-6,
+                "s = {s}"
+            );
         }
         for s in [1, 2, 500, 1000] {
             assert!((p.unmask_probability(s, s - 1) - 1.0 / s as f64).abs() < 1e-5);
@@ -497,13 +500,21 @@ mod tests {
         // t + 1 = 10 (everything masked), 5 (half), 1 (a tenth).
         let t = [9, 4, 0];
         let noised = ints(p.noise(x0.clone(), &t, &mut ChaCha8Rng::seed_from_u64(1)));
-        let masked = |row: usize| noised[row * 2000..(row + 1) * 2000].iter().filter(|&&v| v == 5).count();
+        let masked = |row: usize| {
+            noised[row * 2000..(row + 1) * 2000]
+                .iter()
+                .filter(|&&v| v == 5)
+                .count()
+        };
         assert_eq!(masked(0), 2000);
         assert!((900..1100).contains(&masked(1)), "{}", masked(1));
         assert!((140..260).contains(&masked(2)), "{}", masked(2));
         // Unmasked tokens are the data, and the draw is a function of the rng.
         assert!(noised[4000..].iter().all(|&v| v == 3 || v == 5));
-        assert_eq!(noised, ints(p.noise(x0, &t, &mut ChaCha8Rng::seed_from_u64(1))));
+        assert_eq!(
+            noised,
+            ints(p.noise(x0, &t, &mut ChaCha8Rng::seed_from_u64(1)))
+        );
     }
 
     #[test]
@@ -535,7 +546,14 @@ mod tests {
         let x_s = tokens(vec![vec![5, 0, 1, 5, 4, 5], vec![2, 5, 5, 3, 5, 0]]);
         let mut rng = ChaCha8Rng::seed_from_u64(4);
         // s = 1 → 0: every masked position is drawn from p(x_0), never the mask.
-        let x = ints(p.reverse_step(&net, x_s.clone(), &[1, 1], &[0, 0], ReverseMode::Exact, &mut rng));
+        let x = ints(p.reverse_step(
+            &net,
+            x_s.clone(),
+            &[1, 1],
+            &[0, 0],
+            ReverseMode::Exact,
+            &mut rng,
+        ));
         for (before, after) in ints(x_s.clone()).into_iter().zip(&x) {
             assert_ne!(*after, 5);
             if before != 5 {
@@ -543,7 +561,14 @@ mod tests {
             }
         }
         for _ in 0..5 {
-            let x = ints(p.reverse_step(&net, x_s.clone(), &[50, 7], &[49, 6], ReverseMode::Exact, &mut rng));
+            let x = ints(p.reverse_step(
+                &net,
+                x_s.clone(),
+                &[50, 7],
+                &[49, 6],
+                ReverseMode::Exact,
+                &mut rng,
+            ));
             for (before, after) in ints(x_s.clone()).into_iter().zip(&x) {
                 if before != 5 {
                     assert_eq!(before, *after);
@@ -557,8 +582,12 @@ mod tests {
         let probs = vec![0.0f32, 0.5, 0.0, 0.25, 0.25, 0.0];
         let n = 4000;
         let all: Vec<f32> = (0..n).flat_map(|_| probs.clone()).collect();
-        let probs_t = Tensor::<B, 3>::from_data(TensorData::new(all, [1, n, 6]), &Default::default());
-        let draws = ints(sample_categorical(probs_t, &mut ChaCha8Rng::seed_from_u64(2)));
+        let probs_t =
+            Tensor::<B, 3>::from_data(TensorData::new(all, [1, n, 6]), &Default::default());
+        let draws = ints(sample_categorical(
+            probs_t,
+            &mut ChaCha8Rng::seed_from_u64(2),
+        ));
         let count = |k: i64| draws.iter().filter(|&&d| d == k).count();
         for k in [0, 2, 5] {
             assert_eq!(count(k), 0, "class {k} has probability 0");
@@ -593,8 +622,14 @@ mod tests {
 
         // The same tokens split in two micro-batches give the same stats once merged.
         let rows = |x: &Tensor<B, 2, Int>, a: usize, n: usize| x.clone().narrow(0, a, n);
-        let first = p.loss_from_terms(p.token_terms(&net, rows(&x0, 0, 1), rows(&x_next, 0, 1), &t[..1]), &t[..1]);
-        let rest = p.loss_from_terms(p.token_terms(&net, rows(&x0, 1, 2), rows(&x_next, 1, 2), &t[1..]), &t[1..]);
+        let first = p.loss_from_terms(
+            p.token_terms(&net, rows(&x0, 0, 1), rows(&x_next, 0, 1), &t[..1]),
+            &t[..1],
+        );
+        let rest = p.loss_from_terms(
+            p.token_terms(&net, rows(&x0, 1, 2), rows(&x_next, 1, 2), &t[1..]),
+            &t[1..],
+        );
         let mut merged = first.stats(100);
         merged.merge(&rest.stats(100));
         assert_eq!(merged.tokens, stats.tokens);

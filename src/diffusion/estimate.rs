@@ -140,7 +140,10 @@ mod tests {
             recon_tokens: 4,
             ..stats
         };
-        assert!(only_recon.kl().is_nan(), "no KL tokens: no estimate, as the reference");
+        assert!(
+            only_recon.kl().is_nan(),
+            "no KL tokens: no estimate, as the reference"
+        );
     }
 
     #[test]

@@ -319,7 +319,9 @@ mod tests {
         ] {
             let shape = weights.get(name).unwrap().shape.clone();
             let n: usize = shape.iter().product();
-            let values: Vec<f32> = (0..n).map(|i| ((i * 7919) % 13) as f32 / 13.0 - 0.5).collect();
+            let values: Vec<f32> = (0..n)
+                .map(|i| ((i * 7919) % 13) as f32 / 13.0 - 0.5)
+                .collect();
             weights.insert(name, TensorData::new(values, shape));
         }
         Dit::from_state_dict(&c, &weights, &Default::default()).unwrap()

@@ -507,21 +507,39 @@ mod tests {
         let c = config();
         let weights = c.init_state_dict(1);
         for name in ["blocks.1.adaLN_modulation.weight", "adaLN_modulation.bias"] {
-            assert!(values(&weights, name).iter().all(|&v| v == 0.0), "{name} is zero");
+            assert!(
+                values(&weights, name).iter().all(|&v| v == 0.0),
+                "{name} is zero"
+            );
         }
-        assert!(values(&weights, "norm_final.weight").iter().all(|&v| v == 1.0));
+        assert!(
+            values(&weights, "norm_final.weight")
+                .iter()
+                .all(|&v| v == 1.0)
+        );
         let bound = 1.0 / 16f32.sqrt();
-        assert!(values(&weights, "blocks.0.mlp.0.weight").iter().all(|v| v.abs() < bound));
+        assert!(
+            values(&weights, "blocks.0.mlp.0.weight")
+                .iter()
+                .all(|v| v.abs() < bound)
+        );
         let bound = 1.0 / 64f32.sqrt();
         let mlp_out = values(&weights, "blocks.0.mlp.2.weight");
         assert!(mlp_out.iter().all(|v| v.abs() < bound));
-        assert!(mlp_out.iter().any(|v| v.abs() > bound / 2.0), "spread over the range");
+        assert!(
+            mlp_out.iter().any(|v| v.abs() > bound / 2.0),
+            "spread over the range"
+        );
         // Embedding: N(0, 1/d) cut at 3 std.
         let std = 1.0 / 16f32.sqrt();
         let embed = values(&weights, "vocab_embed.weight");
         assert!(embed.iter().all(|v| v.abs() <= 3.0 * std));
         let var = embed.iter().map(|v| v * v).sum::<f32>() / embed.len() as f32;
-        assert!((var.sqrt() / std - 1.0).abs() < 0.25, "std {} vs {std}", var.sqrt());
+        assert!(
+            (var.sqrt() / std - 1.0).abs() < 0.25,
+            "std {} vs {std}",
+            var.sqrt()
+        );
     }
 
     #[test]
@@ -535,7 +553,14 @@ mod tests {
         expected.sort();
         assert_eq!(exported.names().collect::<Vec<_>>(), expected);
         // Linear weights are exported in PyTorch's [out, in] layout.
-        assert_eq!(exported.get("blocks.0.attn_qkv.weight").unwrap().shape.to_vec(), vec![48, 16]);
+        assert_eq!(
+            exported
+                .get("blocks.0.attn_qkv.weight")
+                .unwrap()
+                .shape
+                .to_vec(),
+            vec![48, 16]
+        );
         let mut init = c.init_state_dict(5);
         init.insert(INV_FREQ, exported.get(INV_FREQ).unwrap().clone());
         assert_eq!(exported, init);
@@ -560,9 +585,15 @@ mod tests {
         assert!(load(&missing).contains("missing weight `blocks.1.mlp.2.bias`"));
 
         let mut reshaped = c.init_state_dict(1);
-        reshaped.insert("blocks.0.attn_out.weight", TensorData::zeros::<f32, _>([16, 8]));
+        reshaped.insert(
+            "blocks.0.attn_out.weight",
+            TensorData::zeros::<f32, _>([16, 8]),
+        );
         let err = load(&reshaped);
-        assert!(err.contains("`blocks.0.attn_out.weight` has shape [16, 8], expected [16, 16]"), "{err}");
+        assert!(
+            err.contains("`blocks.0.attn_out.weight` has shape [16, 8], expected [16, 16]"),
+            "{err}"
+        );
 
         let mut extra = c.init_state_dict(1);
         extra.insert("blocks.2.norm1.weight", TensorData::zeros::<f32, _>([16]));
@@ -583,7 +614,9 @@ mod tests {
         let path = dir.path().join("w.safetensors");
         let mut weights = config().init_state_dict(2);
         weights.insert("steps", TensorData::new(vec![3i64, 4], [2]));
-        weights.write_safetensors(&path, [("k".to_string(), "v".to_string())].into()).unwrap();
+        weights
+            .write_safetensors(&path, [("k".to_string(), "v".to_string())].into())
+            .unwrap();
         assert_eq!(StateDict::read_safetensors(&path).unwrap(), weights);
         // Only the final file is left behind.
         let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
