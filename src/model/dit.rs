@@ -6,7 +6,7 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, Embedding, Linear};
-use burn::tensor::activation::{gelu_approximate, silu};
+use burn::tensor::activation::{sigmoid, silu};
 use burn::tensor::backend::Backend;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
@@ -167,15 +167,17 @@ impl<B: Backend> DitBlock<B> {
 
         // Attention branch.
         let h = modulate(self.norm1.forward(x.clone()), shift_msa, scale_msa);
+        // [B, L, 3d] → (q|k|v, head, head_dim) → [3, B, H, L, h_d]; the reshape of each part
+        // makes q, k and v contiguous, so the rotary arithmetic runs on dense memory.
         let qkv = self
             .attn_qkv
             .forward(h)
-            .reshape([batch, seq_len, 3, self.n_heads, head_dim]);
+            .reshape([batch, seq_len, 3, self.n_heads, head_dim])
+            .permute([2, 0, 3, 1, 4]);
         let part = |i: usize| {
             qkv.clone()
-                .narrow(2, i, 1)
-                .reshape([batch, seq_len, self.n_heads, head_dim])
-                .swap_dims(1, 2) // [B, H, L, h_d]
+                .narrow(0, i, 1)
+                .reshape([batch, self.n_heads, seq_len, head_dim])
         };
         let q = rotary.apply(part(0));
         let k = rotary.apply(part(1));
@@ -188,9 +190,7 @@ impl<B: Backend> DitBlock<B> {
 
         // MLP branch.
         let h = modulate(self.norm2.forward(x.clone()), shift_mlp, scale_mlp);
-        let h = self
-            .mlp_out
-            .forward(gelu_approximate(self.mlp_in.forward(h)));
+        let h = self.mlp_out.forward(gelu_tanh(self.mlp_in.forward(h)));
         x + gate_mlp * self.dropout.forward(h)
     }
 }
@@ -249,13 +249,23 @@ pub fn rotary_inv_freq(head_dim: usize) -> Vec<f32> {
 /// [cos(t·f), sin(t·f)] for the 128 frequencies f_i = exp(−ln(10000)·i/128): [B] → [B, 256].
 fn timestep_embedding<B: Backend>(t: Tensor<B, 1>) -> Tensor<B, 2> {
     let half = TIME_FREQ_DIM / 2;
-    let scale = -MAX_PERIOD.ln();
+    // As the reference: the f64 constant −ln(10000) rounded to f32, then f32 arithmetic.
+    let scale = -(f64::from(MAX_PERIOD).ln()) as f32;
     let freqs: Vec<f32> = (0..half)
         .map(|i| (scale * i as f32 / half as f32).exp())
         .collect();
     let freqs = Tensor::<B, 1>::from_data(TensorData::new(freqs, [half]), &t.device());
     let args = t.unsqueeze_dim::<2>(1) * freqs.unsqueeze_dim(0);
     Tensor::cat(vec![args.clone().cos(), args.sin()], 1)
+}
+
+/// GELU with the tanh approximation, 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), written as
+/// x·sigmoid(2·√(2/π)·x·(1 + 0.044715·x²)) (the same function; fewer and cheaper operations
+/// than Burn's `gelu_approximate`, which raises x to the power 3 with `powf`).
+fn gelu_tanh<B: Backend>(x: Tensor<B, 3>) -> Tensor<B, 3> {
+    const TWO_SQRT_2_OVER_PI: f64 = 2.0 * 0.797_884_560_802_865_4;
+    let inner = x.clone() * (x.clone() * x.clone() * 0.044715 + 1.0) * TWO_SQRT_2_OVER_PI;
+    x * sigmoid(inner)
 }
 
 /// x·(1 + scale) + shift.
