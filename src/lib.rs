@@ -3,10 +3,11 @@
 //!
 //! The modules follow the pipeline: an experiment [`spec`] names the data, the model and the
 //! training recipe; the CLI ([`cli`]) only parses arguments and calls into the library.
-
 pub mod backend;
 pub mod cli;
 pub mod data;
+pub mod diffusion;
+pub mod model;
 pub mod results;
 pub mod rng;
 pub mod spec;

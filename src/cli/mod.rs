@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod data;
 mod experiments;
+mod import;
 mod report;
 
 const WORKFLOW: &str = "\
@@ -65,6 +66,9 @@ enum Command {
     /// Prepare, inspect and verify datasets.
     #[command(subcommand)]
     Data(data::DataCommand),
+    /// Turn a model trained elsewhere into a ddexp model folder.
+    #[command(subcommand)]
+    Import(import::Import),
 }
 
 /// `--set path=value`, repeatable.
@@ -82,6 +86,7 @@ pub fn main() -> ExitCode {
         Command::Schema { check, dir } => experiments::schema(check, &dir),
         Command::Report(args) => report::run(args),
         Command::Data(command) => data::run(command),
+        Command::Import(command) => import::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,639 @@
+//! D3PM with an absorbing (mask) state, as nanoDD's `D3PMAbsorbing` (DESIGN.md §5).
+//!
+//! Time convention (the reference's): a training step draws a transition index
+//! t ∈ {0, …, T−1}, noises x_0 to x_{t+1}, runs the network at time t + 1 and compares the
+//! posteriors q(x_t | x_{t+1}, x_0) and p(x_t | x_{t+1}). Sampling goes from x_s to x_{s'}
+//! with s' < s (s' = s − 1 for exact ancestral sampling); the training posterior is the case
+//! s = t + 1, s' = t.
+
+use burn::tensor::activation::{log_softmax, softmax};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Bool, Int, Tensor, TensorData, s};
+use rand::Rng;
+
+use crate::model::{Dit, StateDict};
+
+/// Added inside every log of the posterior, as the reference (log(0 + 1e-20) ≈ −46).
+const EPS: f32 = 1e-20;
+
+/// How p(x_0) enters the reverse process.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ReverseMode {
+    /// The model of the loss: the mask column of the network output is removed before the
+    /// softmax, and positions already unmasked keep their token (also at s = 1).
+    #[default]
+    Exact,
+    /// nanoDD's sampler: p(x_0) is the softmax of the raw output (mask column included),
+    /// and every position follows the posterior; at s = 1 every position is redrawn.
+    Reference,
+}
+
+/// The absorbing process: its schedule and the functions of the loss and of sampling.
+#[derive(Debug, Clone, PartialEq)]
+pub struct D3pmAbsorbing {
+    timesteps: usize,
+    lambda_ce: f64,
+    num_classes: usize,
+    /// betas[s] = 1 / (T − s + 1) for s = 1..T, betas[0] = 0 (1-indexed as the reference).
+    betas: Vec<f32>,
+    /// alpha_bars[s] = Π_{r ≤ s} (1 − betas[r]); alpha_bars[T] = 0 exactly.
+    alpha_bars: Vec<f32>,
+}
+
+/// The per-sequence coefficients of one posterior q(x_{s'} | x_s, x_0), as [B, 1, 1] tensors.
+struct Posterior<B: Backend> {
+    /// Probability that a token is masked between s' and s (β_s when s' = s − 1).
+    beta: Tensor<B, 3>,
+    /// 1 − beta, computed in f32 as the reference does.
+    keep: Tensor<B, 3>,
+    /// ᾱ_{s'} and 1 − ᾱ_{s'}.
+    alpha_bar: Tensor<B, 3>,
+    one_minus_alpha_bar: Tensor<B, 3>,
+    /// Sequences with s' = 0, whose posterior is x_0 itself.
+    reaches_x0: Tensor<B, 3, Bool>,
+}
+
+/// The per-token terms of the loss.
+#[derive(Debug, Clone)]
+pub struct TokenTerms<B: Backend> {
+    /// [B, L] KL(q(x_t | x_{t+1}, x_0) ‖ p(x_t | x_{t+1})), clamped at 0.
+    pub kl: Tensor<B, 2>,
+    /// [B, L] cross-entropy of the network's p(x_0) (mask column removed) against x_0.
+    pub ce: Tensor<B, 2>,
+}
+
+/// Everything the parity tests compare, from one loss evaluation.
+#[derive(Debug, Clone)]
+pub struct LossTrace<B: Backend> {
+    pub log_q: Tensor<B, 3>,
+    pub log_p: Tensor<B, 3>,
+    /// Network output before the mask column is removed.
+    pub logits: Tensor<B, 3>,
+    pub net: crate::model::DitTrace<B>,
+}
+
+impl D3pmAbsorbing {
+    /// The process with T = `timesteps` over K = `num_classes` classes (mask = K − 1).
+    pub fn new(timesteps: usize, lambda_ce: f64, num_classes: usize) -> Self {
+        assert!(timesteps >= 2, "a diffusion needs at least 2 steps");
+        // The reference's arithmetic, so the tables agree bit for bit: f32 betas, and a
+        // cumulative product of the f32 factors accumulated in f64 (torch's cumprod on CPU).
+        let mut betas = vec![0.0f32; timesteps + 1];
+        for (s, beta) in betas.iter_mut().enumerate().skip(1) {
+            *beta = 1.0 / (timesteps - s + 1) as f32;
+        }
+        let mut alpha_bars = Vec::with_capacity(timesteps + 1);
+        let mut product = 1.0f64;
+        for beta in &betas {
+            product *= (1.0 - beta) as f64;
+            alpha_bars.push(product as f32);
+        }
+        alpha_bars[timesteps] = 0.0;
+        D3pmAbsorbing {
+            timesteps,
+            lambda_ce,
+            num_classes,
+            betas,
+            alpha_bars,
+        }
+    }
+
+    pub fn timesteps(&self) -> usize {
+        self.timesteps
+    }
+
+    pub fn lambda_ce(&self) -> f64 {
+        self.lambda_ce
+    }
+
+    pub fn num_classes(&self) -> usize {
+        self.num_classes
+    }
+
+    pub fn mask_id(&self) -> usize {
+        self.num_classes - 1
+    }
+
+    pub fn betas(&self) -> &[f32] {
+        &self.betas
+    }
+
+    pub fn alpha_bars(&self) -> &[f32] {
+        &self.alpha_bars
+    }
+
+    /// The schedule as nanoDD's buffers (`betas`, `alpha_bars`), for weight files that
+    /// nanoDD can load.
+    pub fn buffers(&self) -> StateDict {
+        let n = self.timesteps + 1;
+        let mut out = StateDict::default();
+        out.insert("betas", TensorData::new(self.betas.clone(), [n]));
+        out.insert("alpha_bars", TensorData::new(self.alpha_bars.clone(), [n]));
+        out
+    }
+
+    /// Draws x_{t+1} ~ q(x_{t+1} | x_0) for transition indices `t` (one per sequence): each
+    /// token is kept with probability ᾱ_{t+1} and masked otherwise. The uniforms come from
+    /// `rng` in row-major order, so every backend masks the same tokens.
+    pub fn noise<B: Backend>(
+        &self,
+        x0: Tensor<B, 2, Int>,
+        t: &[usize],
+        rng: &mut impl Rng,
+    ) -> Tensor<B, 2, Int> {
+        let [batch, seq_len] = x0.dims();
+        assert_eq!(t.len(), batch, "one time per sequence");
+        let device = x0.device();
+        let uniforms: Vec<f32> = (0..batch * seq_len).map(|_| rng.random()).collect();
+        let uniforms =
+            Tensor::<B, 2>::from_data(TensorData::new(uniforms, [batch, seq_len]), &device);
+        let keep_prob: Vec<f32> = t.iter().map(|&t| self.alpha_bars[t + 1]).collect();
+        let keep_prob = Tensor::<B, 2>::from_data(TensorData::new(keep_prob, [batch, 1]), &device);
+        let masked = uniforms.greater_equal(keep_prob.expand([batch, seq_len]));
+        x0.mask_fill(masked, self.mask_id() as i64)
+    }
+
+    /// The per-token KL and CE of the loss at transition indices `t` for noised tokens
+    /// `x_next` = x_{t+1}.
+    pub fn token_terms<B: Backend>(
+        &self,
+        net: &Dit<B>,
+        x0: Tensor<B, 2, Int>,
+        x_next: Tensor<B, 2, Int>,
+        t: &[usize],
+    ) -> TokenTerms<B> {
+        self.token_terms_traced(net, x0, x_next, t, None)
+    }
+
+    /// [`token_terms`](Self::token_terms) that also records the posteriors, the logits and
+    /// the network's intermediates.
+    pub fn token_terms_traced<B: Backend>(
+        &self,
+        net: &Dit<B>,
+        x0: Tensor<B, 2, Int>,
+        x_next: Tensor<B, 2, Int>,
+        t: &[usize],
+        trace: Option<&mut LossTrace<B>>,
+    ) -> TokenTerms<B> {
+        let device = x0.device();
+        let s: Vec<usize> = t.iter().map(|&t| t + 1).collect();
+        let posterior = self.posterior::<B>(&s, t, &device);
+
+        let log_q = self.log_posterior(self.one_hot(x0.clone()), x_next.clone(), &posterior);
+        let mut net_trace = trace.as_ref().map(|_| Default::default());
+        let logits = net.forward_traced(x_next.clone(), times(&s, &device), net_trace.as_mut());
+        let masked_logits = self.remove_mask_column(logits.clone());
+        let p_x0 = softmax(masked_logits.clone(), 2);
+        let log_p = self.log_posterior(p_x0, x_next, &posterior);
+
+        let kl = (softmax(log_q.clone(), 2)
+            * (log_softmax(log_q.clone(), 2) - log_softmax(log_p.clone(), 2)))
+        .sum_dim(2)
+        .squeeze_dim::<2>(2)
+        .clamp_min(0.0);
+        let ce = log_softmax(masked_logits, 2)
+            .gather(2, x0.unsqueeze_dim(2))
+            .squeeze_dim::<2>(2)
+            .neg();
+
+        if let (Some(trace), Some(net_trace)) = (trace, net_trace) {
+            *trace = LossTrace {
+                log_q,
+                log_p,
+                logits,
+                net: net_trace,
+            };
+        }
+        TokenTerms { kl, ce }
+    }
+
+    /// The training loss and its bookkeeping for transition indices `t` and noised tokens
+    /// `x_next`: per token KL + λ·CE (CE alone where t = 0), averaged over all tokens.
+    pub fn loss_from_terms<B: Backend>(
+        &self,
+        terms: TokenTerms<B>,
+        t: &[usize],
+    ) -> super::LossOutput<B> {
+        let [batch, seq_len] = terms.kl.dims();
+        let device = terms.kl.device();
+        let at_data: Vec<f32> = t.iter().map(|&t| if t == 0 { 1.0 } else { 0.0 }).collect();
+        let at_data = Tensor::<B, 2>::from_data(TensorData::new(at_data, [batch, 1]), &device);
+        let hybrid = terms.kl.clone() + terms.ce.clone() * self.lambda_ce;
+        // where(t == 0, ce, kl + λ·ce), written as a blend so it broadcasts over the row.
+        let per_token = hybrid.clone() + (terms.ce.clone() - hybrid) * at_data.clone();
+        let loss = per_token.clone().mean();
+
+        let rows_with_kl = at_data.clone().neg() + 1.0;
+        let kl_sum = (terms.kl.clone().detach() * rows_with_kl).sum();
+        let ce_sum = terms.ce.clone().detach().sum();
+        let recon_sum = (terms.ce.clone().detach() * at_data).sum();
+        let sums = Tensor::cat(vec![per_token.detach().sum(), kl_sum, ce_sum, recon_sum], 0);
+        let recon_rows = t.iter().filter(|&&t| t == 0).count();
+        super::LossOutput {
+            loss,
+            terms,
+            sums,
+            tokens: batch * seq_len,
+            kl_tokens: (batch - recon_rows) * seq_len,
+            recon_tokens: recon_rows * seq_len,
+        }
+    }
+
+    /// Unnormalised log p(x_{s'} | x_s) for each sequence's step s → s' (s' < s), with p(x_0)
+    /// predicted by the network at time s. `s_prev[i] = s[i] − 1` is exact ancestral
+    /// sampling; larger jumps sample on a coarser grid (the absorbing posterior has the same
+    /// closed form with ᾱ at the two grid times).
+    pub fn reverse_log_probs<B: Backend>(
+        &self,
+        net: &Dit<B>,
+        x_s: Tensor<B, 2, Int>,
+        s: &[usize],
+        s_prev: &[usize],
+        mode: ReverseMode,
+    ) -> Tensor<B, 3> {
+        let device = x_s.device();
+        let logits = net.forward(x_s.clone(), times(s, &device));
+        let logits = match mode {
+            ReverseMode::Exact => self.remove_mask_column(logits),
+            ReverseMode::Reference => logits,
+        };
+        let posterior = self.posterior::<B>(s, s_prev, &device);
+        self.log_posterior(softmax(logits, 2), x_s, &posterior)
+    }
+
+    /// One reverse step x_s → x_{s'}, drawing from [`reverse_log_probs`](Self::reverse_log_probs)
+    /// with uniforms from `rng`. In [`ReverseMode::Exact`] unmasked tokens are kept.
+    pub fn reverse_step<B: Backend>(
+        &self,
+        net: &Dit<B>,
+        x_s: Tensor<B, 2, Int>,
+        s: &[usize],
+        s_prev: &[usize],
+        mode: ReverseMode,
+        rng: &mut impl Rng,
+    ) -> Tensor<B, 2, Int> {
+        let log_probs = self.reverse_log_probs(net, x_s.clone(), s, s_prev, mode);
+        let drawn = sample_categorical(softmax(log_probs, 2), rng);
+        match mode {
+            ReverseMode::Exact => self.keep_unmasked(x_s, drawn),
+            ReverseMode::Reference => drawn,
+        }
+    }
+
+    /// p(x_0 | x_s) [B, L, K] predicted by the network at times `s`, mask column removed.
+    pub fn predict_x0<B: Backend>(
+        &self,
+        net: &Dit<B>,
+        x_s: Tensor<B, 2, Int>,
+        s: &[usize],
+    ) -> Tensor<B, 3> {
+        let device = x_s.device();
+        softmax(
+            self.remove_mask_column(net.forward(x_s, times(s, &device))),
+            2,
+        )
+    }
+
+    /// Probability that a masked token is unmasked between s and s' < s:
+    /// (ᾱ_{s'} − ᾱ_s) / (1 − ᾱ_s) (= 1/s for s' = s − 1 with this schedule). With the mask
+    /// column removed from p(x_0) this does not depend on the network, which lets a sampler
+    /// skip the network at steps where nothing unmasks.
+    pub fn unmask_probability(&self, s: usize, s_prev: usize) -> f64 {
+        assert!(
+            s_prev < s && s <= self.timesteps,
+            "a reverse step goes from s to s' < s ≤ T"
+        );
+        let (a_s, a_prev) = (self.alpha_bars[s] as f64, self.alpha_bars[s_prev] as f64);
+        (a_prev - a_s) / (1.0 - a_s)
+    }
+
+    /// Keeps every token of `x_s` that is not the mask; masked positions take `drawn`.
+    pub fn keep_unmasked<B: Backend>(
+        &self,
+        x_s: Tensor<B, 2, Int>,
+        drawn: Tensor<B, 2, Int>,
+    ) -> Tensor<B, 2, Int> {
+        let unmasked = x_s.clone().not_equal_elem(self.mask_id() as i64);
+        drawn.mask_where(unmasked, x_s)
+    }
+
+    /// The coefficients of q(x_{s'} | x_s, x_0) per sequence.
+    fn posterior<B: Backend>(
+        &self,
+        s: &[usize],
+        s_prev: &[usize],
+        device: &B::Device,
+    ) -> Posterior<B> {
+        assert_eq!(s.len(), s_prev.len(), "one step per sequence");
+        let batch = s.len();
+        let column = |values: Vec<f32>| {
+            Tensor::<B, 3>::from_data(TensorData::new(values, [batch, 1, 1]), device)
+        };
+        let beta: Vec<f32> = s
+            .iter()
+            .zip(s_prev)
+            .map(|(&s, &s_prev)| {
+                assert!(
+                    s_prev < s && s <= self.timesteps,
+                    "a step goes from s to s' < s ≤ T"
+                );
+                if s_prev + 1 == s {
+                    self.betas[s]
+                } else {
+                    1.0 - self.alpha_bars[s] / self.alpha_bars[s_prev]
+                }
+            })
+            .collect();
+        let keep = beta.iter().map(|b| 1.0 - b).collect();
+        let alpha_bar: Vec<f32> = s_prev.iter().map(|&s| self.alpha_bars[s]).collect();
+        let one_minus_alpha_bar = alpha_bar.iter().map(|a| 1.0 - a).collect();
+        let reaches_x0: Vec<bool> = s_prev.iter().map(|&s| s == 0).collect();
+        Posterior {
+            beta: column(beta),
+            keep: column(keep),
+            alpha_bar: column(alpha_bar),
+            one_minus_alpha_bar: column(one_minus_alpha_bar),
+            reaches_x0: Tensor::from_data(TensorData::new(reaches_x0, [batch, 1, 1]), device),
+        }
+    }
+
+    /// log(q(x_s | x_{s'}) as a function of x_{s'} + ε) + log(q(x_{s'} | x_0) + ε), where x_0
+    /// is a one-hot or a predicted distribution [B, L, K]; sequences with s' = 0 get
+    /// log(x_0 + ε).
+    fn log_posterior<B: Backend>(
+        &self,
+        x0: Tensor<B, 3>,
+        x_s: Tensor<B, 2, Int>,
+        p: &Posterior<B>,
+    ) -> Tensor<B, 3> {
+        let shape = x0.dims();
+        let device = x0.device();
+        // q(x_s | x_{s'}): a kept token stays (1 − β); anything becomes the mask with β; the
+        // mask stays the mask.
+        let x_s_is_mask = x_s
+            .clone()
+            .equal_elem(self.mask_id() as i64)
+            .float()
+            .unsqueeze_dim(2);
+        let from_step = self.one_hot(x_s) * p.keep.clone() + x_s_is_mask * p.beta.clone();
+        // q(x_{s'} | x_0): x_0 survives with ᾱ_{s'}, the rest of the mass is on the mask.
+        let from_data = x0.clone() * p.alpha_bar.clone()
+            + self.mask_column(&device) * p.one_minus_alpha_bar.clone();
+        let log_posterior = (from_step + EPS).log() + (from_data + EPS).log();
+        log_posterior.mask_where(p.reaches_x0.clone().expand(shape), (x0 + EPS).log())
+    }
+
+    /// [B, L] token ids → [B, L, K] one-hot floats, without leaving the device.
+    fn one_hot<B: Backend>(&self, x: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let classes = Tensor::<B, 1, Int>::arange(0..self.num_classes as i64, &x.device());
+        x.unsqueeze_dim::<3>(2)
+            .equal(classes.reshape([1, 1, self.num_classes]))
+            .float()
+    }
+
+    /// [1, 1, K]: 1 on the mask column.
+    fn mask_column<B: Backend>(&self, device: &B::Device) -> Tensor<B, 3> {
+        let mut column = vec![0.0f32; self.num_classes];
+        column[self.mask_id()] = 1.0;
+        Tensor::from_data(TensorData::new(column, [1, 1, self.num_classes]), device)
+    }
+
+    /// The network output with the mask column set to −∞: p(x_0) never predicts the mask.
+    fn remove_mask_column<B: Backend>(&self, logits: Tensor<B, 3>) -> Tensor<B, 3> {
+        let k = self.num_classes;
+        logits.slice_fill(s![.., .., k - 1..k], f32::NEG_INFINITY)
+    }
+}
+
+/// The raw network times s as floats [B] (1..T, not scaled).
+fn times<B: Backend>(s: &[usize], device: &B::Device) -> Tensor<B, 1> {
+    let values: Vec<f32> = s.iter().map(|&s| s as f32).collect();
+    Tensor::from_data(TensorData::new(values, [s.len()]), device)
+}
+
+/// One draw per position from the distributions `probs` [B, L, K] by inverting the CDF with
+/// one host uniform per position (B·L numbers, not B·L·K). A class of probability 0 is never
+/// drawn: u ∈ (0, 1] is scaled by the row's total and the class is the first whose CDF
+/// reaches it.
+pub fn sample_categorical<B: Backend>(
+    probs: Tensor<B, 3>,
+    rng: &mut impl Rng,
+) -> Tensor<B, 2, Int> {
+    let [batch, seq_len, k] = probs.dims();
+    let device = probs.device();
+    let uniforms: Vec<f32> = (0..batch * seq_len)
+        .map(|_| 1.0 - rng.random::<f32>())
+        .collect();
+    let uniforms =
+        Tensor::<B, 3>::from_data(TensorData::new(uniforms, [batch, seq_len, 1]), &device);
+    let cdf = probs.cumsum(2);
+    let total = cdf.clone().narrow(2, k - 1, 1);
+    let target = (uniforms * total).expand([batch, seq_len, k]);
+    cdf.lower(target).int().sum_dim(2).squeeze_dim::<2>(2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::DitConfig;
+    use burn::backend::Flex;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    type B = Flex;
+
+    fn net() -> Dit<B> {
+        let c = DitConfig {
+            num_classes: 6,
+            n_embed: 16,
+            n_heads: 2,
+            n_blocks: 1,
+            n_cond: 8,
+            dropout: 0.0,
+        };
+        // Non-zero final modulation so predictions depend on the input.
+        let mut weights = c.init_state_dict(3);
+        weights.insert(
+            "adaLN_modulation.weight",
+            TensorData::new((0..32 * 8).map(|i| (i % 5) as f32 * 0.1).collect(), [32, 8]),
+        );
+        Dit::from_state_dict(&c, &weights, &Default::default()).unwrap()
+    }
+
+    fn tokens(rows: Vec<Vec<i64>>) -> Tensor<B, 2, Int> {
+        let (b, l) = (rows.len(), rows[0].len());
+        let flat: Vec<i64> = rows.into_iter().flatten().collect();
+        Tensor::from_data(TensorData::new(flat, [b, l]), &Default::default())
+    }
+
+    fn ints(x: Tensor<B, 2, Int>) -> Vec<i64> {
+        x.into_data().convert::<i64>().to_vec().unwrap()
+    }
+
+    fn floats<const D: usize>(x: Tensor<B, D>) -> Vec<f32> {
+        x.into_data().convert::<f32>().to_vec().unwrap()
+    }
+
+    #[test]
+    fn schedule_is_linear_in_alpha_bar() {
+        let p = D3pmAbsorbing::new(1000, 0.05, 28);
+        assert_eq!(p.betas()[0], 0.0);
+        assert_eq!(p.betas()[1000], 1.0);
+        assert_eq!(p.alpha_bars()[0], 1.0);
+        assert_eq!(p.alpha_bars()[1000], 0.0);
+        for (s, a) in p.alpha_bars().iter().enumerate() {
+            assert!(
+                (*a as f64 - (1000 - s) as f64 / 1000.0).abs() < 1e-6,
+                "s = {s}"
+            );
+        }
+        for s in [1, 2, 500, 1000] {
+            assert!((p.unmask_probability(s, s - 1) - 1.0 / s as f64).abs() < 1e-5);
+        }
+        assert!((p.unmask_probability(1000, 500) - 0.5).abs() < 1e-6);
+    }
+
+    #[test]
+    fn noise_masks_with_probability_one_minus_alpha_bar() {
+        let p = D3pmAbsorbing::new(10, 0.05, 6);
+        let x0 = tokens(vec![vec![1; 2000], vec![2; 2000], vec![3; 2000]]);
+        // t + 1 = 10 (everything masked), 5 (half), 1 (a tenth).
+        let t = [9, 4, 0];
+        let noised = ints(p.noise(x0.clone(), &t, &mut ChaCha8Rng::seed_from_u64(1)));
+        let masked = |row: usize| {
+            noised[row * 2000..(row + 1) * 2000]
+                .iter()
+                .filter(|&&v| v == 5)
+                .count()
+        };
+        assert_eq!(masked(0), 2000);
+        assert!((900..1100).contains(&masked(1)), "{}", masked(1));
+        assert!((140..260).contains(&masked(2)), "{}", masked(2));
+        // Unmasked tokens are the data, and the draw is a function of the rng.
+        assert!(noised[4000..].iter().all(|&v| v == 3 || v == 5));
+        assert_eq!(
+            noised,
+            ints(p.noise(x0, &t, &mut ChaCha8Rng::seed_from_u64(1)))
+        );
+    }
+
+    #[test]
+    fn exact_reverse_step_unmasks_at_the_closed_form_rate() {
+        let p = D3pmAbsorbing::new(100, 0.05, 6);
+        let net = net();
+        let x_s = tokens(vec![vec![5, 5, 1, 5], vec![2, 5, 5, 5]]);
+        // Adjacent and coarse steps.
+        for (s, s_prev) in [([40, 3], [39, 2]), ([90, 50], [30, 10])] {
+            let log_probs = p.reverse_log_probs(&net, x_s.clone(), &s, &s_prev, ReverseMode::Exact);
+            let probs = floats(softmax(log_probs, 2));
+            for row in 0..2 {
+                let stay = 1.0 - p.unmask_probability(s[row], s_prev[row]);
+                for pos in 0..4 {
+                    let idx = (row * 4 + pos) * 6;
+                    if ints(x_s.clone())[row * 4 + pos] == 5 {
+                        let mask_prob = probs[idx + 5] as f64;
+                        assert!((mask_prob - stay).abs() < 1e-5, "{mask_prob} vs {stay}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn reverse_steps_keep_unmasked_tokens_in_exact_mode() {
+        let p = D3pmAbsorbing::new(100, 0.05, 6);
+        let net = net();
+        let x_s = tokens(vec![vec![5, 0, 1, 5, 4, 5], vec![2, 5, 5, 3, 5, 0]]);
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        // s = 1 → 0: every masked position is drawn from p(x_0), never the mask.
+        let x = ints(p.reverse_step(
+            &net,
+            x_s.clone(),
+            &[1, 1],
+            &[0, 0],
+            ReverseMode::Exact,
+            &mut rng,
+        ));
+        for (before, after) in ints(x_s.clone()).into_iter().zip(&x) {
+            assert_ne!(*after, 5);
+            if before != 5 {
+                assert_eq!(before, *after);
+            }
+        }
+        for _ in 0..5 {
+            let x = ints(p.reverse_step(
+                &net,
+                x_s.clone(),
+                &[50, 7],
+                &[49, 6],
+                ReverseMode::Exact,
+                &mut rng,
+            ));
+            for (before, after) in ints(x_s.clone()).into_iter().zip(&x) {
+                if before != 5 {
+                    assert_eq!(before, *after);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn categorical_draws_follow_the_probabilities() {
+        let probs = vec![0.0f32, 0.5, 0.0, 0.25, 0.25, 0.0];
+        let n = 4000;
+        let all: Vec<f32> = (0..n).flat_map(|_| probs.clone()).collect();
+        let probs_t =
+            Tensor::<B, 3>::from_data(TensorData::new(all, [1, n, 6]), &Default::default());
+        let draws = ints(sample_categorical(
+            probs_t,
+            &mut ChaCha8Rng::seed_from_u64(2),
+        ));
+        let count = |k: i64| draws.iter().filter(|&&d| d == k).count();
+        for k in [0, 2, 5] {
+            assert_eq!(count(k), 0, "class {k} has probability 0");
+        }
+        assert!((1880..2120).contains(&count(1)), "{}", count(1));
+        assert!((900..1100).contains(&count(3)), "{}", count(3));
+    }
+
+    #[test]
+    fn loss_is_the_hybrid_mean_and_stats_merge_like_one_batch() {
+        let p = D3pmAbsorbing::new(100, 0.05, 6);
+        let net = net();
+        let x0 = tokens(vec![vec![0, 1, 2, 3], vec![4, 3, 2, 1], vec![1, 1, 0, 0]]);
+        let t = [0, 37, 99];
+        let x_next = p.noise(x0.clone(), &t, &mut ChaCha8Rng::seed_from_u64(5));
+        let out = p.loss_from_terms(p.token_terms(&net, x0.clone(), x_next.clone(), &t), &t);
+        let kl = floats(out.terms.kl.clone());
+        let ce = floats(out.terms.ce.clone());
+        assert!(kl.iter().all(|&v| v >= 0.0));
+        let expected: f32 = (0..12)
+            .map(|i| if i < 4 { ce[i] } else { kl[i] + 0.05 * ce[i] })
+            .sum::<f32>()
+            / 12.0;
+        assert!((floats(out.loss.clone())[0] - expected).abs() < 1e-6);
+
+        let stats = out.stats(100);
+        let kl_mean = kl[4..].iter().sum::<f32>() as f64 / 8.0;
+        let recon = ce[..4].iter().sum::<f32>() as f64 / 4.0;
+        assert!((stats.kl() - kl_mean).abs() < 1e-6);
+        assert!((stats.l_t() - (kl_mean * 99.0 + recon)).abs() < 1e-4);
+        assert!((stats.bits_per_token() - stats.l_t() / std::f64::consts::LN_2).abs() < 1e-9);
+
+        // The same tokens split in two micro-batches give the same stats once merged.
+        let rows = |x: &Tensor<B, 2, Int>, a: usize, n: usize| x.clone().narrow(0, a, n);
+        let first = p.loss_from_terms(
+            p.token_terms(&net, rows(&x0, 0, 1), rows(&x_next, 0, 1), &t[..1]),
+            &t[..1],
+        );
+        let rest = p.loss_from_terms(
+            p.token_terms(&net, rows(&x0, 1, 2), rows(&x_next, 1, 2), &t[1..]),
+            &t[1..],
+        );
+        let mut merged = first.stats(100);
+        merged.merge(&rest.stats(100));
+        assert_eq!(merged.tokens, stats.tokens);
+        assert!((merged.l_t() - stats.l_t()).abs() < 1e-4);
+        assert!((merged.loss() - stats.loss()).abs() < 1e-6);
+    }
+}

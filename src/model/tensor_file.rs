@@ -1,0 +1,89 @@
+//! Safetensors files to and from [`StateDict`]s.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use burn::tensor::{DType, TensorData};
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+
+use super::weights::StateDict;
+
+/// Reads every tensor of a safetensors file (floats and integers).
+pub fn read(path: &Path) -> Result<StateDict> {
+    let bytes = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let file = SafeTensors::deserialize(&bytes)
+        .with_context(|| format!("{} is not a valid safetensors file", path.display()))?;
+    file.tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let dtype = match view.dtype() {
+                Dtype::F32 => DType::F32,
+                Dtype::F64 => DType::F64,
+                Dtype::F16 => DType::F16,
+                Dtype::BF16 => DType::BF16,
+                Dtype::I64 => DType::I64,
+                Dtype::I32 => DType::I32,
+                Dtype::U8 => DType::U8,
+                other => bail!(
+                    "{}: tensor `{name}` has type {other:?}, which ddexp does not read",
+                    path.display()
+                ),
+            };
+            let data = TensorData::from_bytes_vec(view.data().to_vec(), view.shape(), dtype);
+            Ok((name, data))
+        })
+        .collect()
+}
+
+/// Writes `tensors` to `path` atomically: a temporary file in the same folder, then a rename,
+/// so a crash never leaves a truncated file under the final name.
+pub fn write(path: &Path, tensors: &StateDict, metadata: BTreeMap<String, String>) -> Result<()> {
+    let views = tensors
+        .0
+        .iter()
+        .map(|(name, data)| {
+            let dtype = match data.dtype {
+                DType::F32 => Dtype::F32,
+                DType::F64 => Dtype::F64,
+                DType::F16 => Dtype::F16,
+                DType::BF16 => Dtype::BF16,
+                DType::I64 => Dtype::I64,
+                DType::I32 => Dtype::I32,
+                DType::U8 => Dtype::U8,
+                other => bail!("tensor `{name}` has type {other:?}, which ddexp does not write"),
+            };
+            let view = TensorView::new(dtype, data.shape.to_vec(), data.as_bytes())
+                .with_context(|| format!("tensor `{name}`"))?;
+            Ok((name.as_str(), view))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let metadata: HashMap<String, String> = metadata.into_iter().collect();
+    let bytes = safetensors::serialize(views, Some(metadata))
+        .with_context(|| format!("cannot encode {}", path.display()))?;
+    write_atomic(path, &bytes)
+}
+
+/// Writes `bytes` to a temporary sibling of `path`, syncs it, and renames it into place.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} is not a file path", path.display()))?;
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut file = fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut file, bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if let Err(err) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(err).with_context(|| format!("cannot write {}", path.display()));
+    }
+    Ok(())
+}
