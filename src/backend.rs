@@ -13,3 +13,28 @@ pub type Cpu = burn::backend::Flex;
 /// The CUDA backend.
 #[cfg(feature = "cuda")]
 pub type Cuda = burn::backend::Cuda;
+
+/// CUDA device `index`, checked: a machine without the driver or without that device gives
+/// an error that says so instead of a panic deep inside the runtime.
+#[cfg(feature = "cuda")]
+pub fn cuda_device(index: usize) -> anyhow::Result<burn::backend::cuda::CudaDevice> {
+    use burn::tensor::Tensor;
+    let device = burn::backend::cuda::CudaDevice::new(index);
+    let probe = std::panic::catch_unwind(|| {
+        let t = Tensor::<Cuda, 1>::from_floats([1.0, 2.0], &device);
+        t.sum().into_scalar()
+    });
+    match probe {
+        Ok(_) => Ok(device),
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            anyhow::bail!(
+                "cannot use CUDA device {index}: {message}\n(is the NVIDIA driver installed and does this machine have a GPU with that index? `nvidia-smi` lists them)"
+            )
+        }
+    }
+}

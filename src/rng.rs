@@ -31,6 +31,10 @@ pub enum Stream {
     Sample = 7,
     /// Corpus generation and document splits during data preparation.
     Data = 8,
+    /// Times and noise of a bits/token evaluation.
+    EvalTimes = 9,
+    /// Times and noise of the training loop's validation pass.
+    Validation = 10,
 }
 
 /// A generator for `stream` at `indices` under `seed`.

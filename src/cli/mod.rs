@@ -9,9 +9,12 @@ mod data;
 mod experiments;
 mod import;
 mod report;
+mod run;
 
 const WORKFLOW: &str = "\
 Workflow:
+  ddexp run experiments/quickstart.ron         train (CPU, synthetic corpus), then bits/token
+  ddexp run --resume results/<name>/<run>      continue a stopped run exactly
   ddexp validate experiments/                  check experiment files (schema + semantics)
   ddexp data prepare text8                     download and tokenise a corpus into data/
   ddexp schema                                 regenerate schemas/ from the Rust types
@@ -34,6 +37,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Train an experiment (or resume a stopped run), then evaluate bits/token.
+    #[command(after_help = "Examples:
+  ddexp run experiments/quickstart.ron
+  ddexp run experiments/d3pm_text8.ron --set train.lr=3e-4 --set seed=2
+  ddexp run --resume results/d3pm_text8/2026-11-27T10-00-00")]
+    Run(run::RunArgs),
     /// Check experiment files: RON syntax, the JSON Schema, and semantic rules.
     #[command(after_help = "Examples:
   ddexp validate experiments/
@@ -71,17 +80,30 @@ enum Command {
     Import(import::Import),
 }
 
+/// A command stopped on request (Ctrl-C) after saving its work.
+#[derive(Debug)]
+pub struct Interrupted;
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("interrupted")
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
 /// `--set path=value`, repeatable.
 #[derive(Debug, Args)]
-struct Overrides {
+pub struct Overrides {
     /// Override a field: path=value with the value in RON syntax (repeatable).
     #[arg(long = "set", value_name = "PATH=VALUE")]
-    set: Vec<String>,
+    pub set: Vec<String>,
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run(args) => run::run(args),
         Command::Validate { paths, overrides } => experiments::validate(&paths, &overrides.set),
         Command::Schema { check, dir } => experiments::schema(check, &dir),
         Command::Report(args) => report::run(args),
@@ -90,6 +112,13 @@ pub fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // Already explained where it happened; 130 is the shell's code for Ctrl-C.
+        Err(e) if e.is::<Interrupted>() => ExitCode::from(130),
+        // Experiment errors render their own located, multi-line report.
+        Err(e) if e.is::<crate::spec::SpecError>() => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

@@ -12,10 +12,24 @@ use super::weights::StateDict;
 
 /// Reads every tensor of a safetensors file (floats and integers).
 pub fn read(path: &Path) -> Result<StateDict> {
+    read_with_metadata(path).map(|(tensors, _)| tensors)
+}
+
+/// Reads every tensor and the string metadata of a safetensors file.
+pub fn read_with_metadata(path: &Path) -> Result<(StateDict, BTreeMap<String, String>)> {
     let bytes = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let file = SafeTensors::deserialize(&bytes)
         .with_context(|| format!("{} is not a valid safetensors file", path.display()))?;
-    file.tensors()
+    let (_, header) = SafeTensors::read_metadata(&bytes)
+        .with_context(|| format!("{} is not a valid safetensors file", path.display()))?;
+    let metadata = header
+        .metadata()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    let tensors = file
+        .tensors()
         .into_iter()
         .map(|(name, view)| {
             let dtype = match view.dtype() {
@@ -34,7 +48,8 @@ pub fn read(path: &Path) -> Result<StateDict> {
             let data = TensorData::from_bytes_vec(view.data().to_vec(), view.shape(), dtype);
             Ok((name, data))
         })
-        .collect()
+        .collect::<Result<StateDict>>()?;
+    Ok((tensors, metadata))
 }
 
 /// Writes `tensors` to `path` atomically: a temporary file in the same folder, then a rename,
@@ -62,28 +77,5 @@ pub fn write(path: &Path, tensors: &StateDict, metadata: BTreeMap<String, String
     let metadata: HashMap<String, String> = metadata.into_iter().collect();
     let bytes = safetensors::serialize(views, Some(metadata))
         .with_context(|| format!("cannot encode {}", path.display()))?;
-    write_atomic(path, &bytes)
-}
-
-/// Writes `bytes` to a temporary sibling of `path`, syncs it, and renames it into place.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let name = path
-        .file_name()
-        .with_context(|| format!("{} is not a file path", path.display()))?;
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut file = fs::File::create(&tmp)?;
-        std::io::Write::write_all(&mut file, bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if let Err(err) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(err).with_context(|| format!("cannot write {}", path.display()));
-    }
-    Ok(())
+    crate::results::write_atomic(path, &bytes)
 }

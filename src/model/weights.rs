@@ -82,6 +82,13 @@ impl StateDict {
         tensor_file::read(path)
     }
 
+    /// Reads a safetensors file and its string metadata.
+    pub fn read_safetensors_with_metadata(
+        path: &std::path::Path,
+    ) -> Result<(StateDict, BTreeMap<String, String>)> {
+        tensor_file::read_with_metadata(path)
+    }
+
     /// Writes a safetensors file atomically (temporary name in the same folder, then rename).
     pub fn write_safetensors(
         &self,

@@ -21,6 +21,7 @@ pub use diagnostics::{Diagnostic, Severity, SpecError, closest};
 pub use types::*;
 
 use document::Document;
+pub use validate::cuda_missing_message;
 
 /// A valid experiment and any warnings about it.
 #[derive(Debug, Clone)]

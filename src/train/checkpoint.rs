@@ -1,0 +1,127 @@
+//! Training checkpoints: one safetensors file holding everything a run needs to continue
+//! exactly where it stopped.
+//!
+//! ```text
+//! model.<name>      the raw weights, named as nanoDD's D3PMAbsorbing state dict (net.*, betas, ...)
+//! ema.<name>        the EMA weights, same names
+//! optim.m.<path>    AdamW first moments by module path
+//! optim.v.<path>    AdamW second moments
+//! metadata          format, iteration, tokens seen, optimiser steps, EMA updates, best val l_T,
+//!                   the resolved experiment (RON) and the ddexp version
+//! ```
+//!
+//! Randomness needs no state: every draw is a function of (seed, iteration, ...) (see
+//! [`crate::rng`]), so the iteration is the data position and the RNG state at once.
+//! Files are written to a temporary name and renamed, so a crash never leaves a torn file.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use burn::tensor::TensorData;
+
+use crate::model::StateDict;
+
+const FORMAT: &str = "ddexp-checkpoint";
+const VERSION: &str = "1";
+
+pub const LATEST: &str = "latest.safetensors";
+pub const BEST: &str = "best.safetensors";
+
+/// Everything saved at a checkpoint.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    /// Optimiser steps completed; training continues with iteration `iteration`.
+    pub iteration: u64,
+    pub tokens: u64,
+    /// Lowest val l_T seen so far (nats), if any validation ran.
+    pub best_val_l_t: Option<f64>,
+    pub ema_updates: u64,
+    pub optimizer_steps: u64,
+    /// The resolved experiment, as written in the run folder.
+    pub experiment: String,
+    pub model: StateDict,
+    pub ema: StateDict,
+    pub optimizer: Vec<(String, TensorData)>,
+}
+
+impl Checkpoint {
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut tensors = self.model.clone().with_prefix("model.");
+        tensors.0.extend(self.ema.clone().with_prefix("ema.").0);
+        for (name, data) in &self.optimizer {
+            tensors.insert(format!("optim.{name}"), data.clone());
+        }
+        let mut meta = BTreeMap::new();
+        meta.insert("format".into(), FORMAT.into());
+        meta.insert("version".into(), VERSION.into());
+        meta.insert("ddexp_version".into(), env!("CARGO_PKG_VERSION").into());
+        meta.insert("iteration".into(), self.iteration.to_string());
+        meta.insert("tokens".into(), self.tokens.to_string());
+        meta.insert("ema_updates".into(), self.ema_updates.to_string());
+        meta.insert("optimizer_steps".into(), self.optimizer_steps.to_string());
+        if let Some(best) = self.best_val_l_t {
+            // Rust's shortest round-trip formatting: the f64 reads back bit for bit.
+            meta.insert("best_val_l_t".into(), best.to_string());
+        }
+        meta.insert("experiment".into(), self.experiment.clone());
+        tensors
+            .write_safetensors(path, meta)
+            .with_context(|| format!("writing checkpoint {}", path.display()))
+    }
+
+    pub fn load(path: &Path) -> Result<Checkpoint> {
+        let (tensors, meta) = StateDict::read_safetensors_with_metadata(path)?;
+        let field = |key: &str| -> Result<&String> {
+            meta.get(key).with_context(|| {
+                format!("{} is not a ddexp checkpoint: no `{key}` in its metadata", path.display())
+            })
+        };
+        if field("format")? != FORMAT {
+            bail!("{} is not a ddexp checkpoint (format {:?})", path.display(), field("format")?);
+        }
+        if field("version")? != VERSION {
+            bail!(
+                "{} is a version {} checkpoint; this ddexp reads version {VERSION}",
+                path.display(),
+                field("version")?
+            );
+        }
+        let number = |key: &str| -> Result<u64> {
+            field(key)?
+                .parse()
+                .with_context(|| format!("{}: metadata `{key}` is not a number", path.display()))
+        };
+        let best_val_l_t = match meta.get("best_val_l_t") {
+            Some(v) => Some(v.parse().with_context(|| {
+                format!("{}: metadata `best_val_l_t` is not a number", path.display())
+            })?),
+            None => None,
+        };
+        let mut model = StateDict::default();
+        let mut ema = StateDict::default();
+        let mut optimizer = vec![];
+        for (name, data) in tensors.0 {
+            if let Some(n) = name.strip_prefix("model.") {
+                model.insert(n, data);
+            } else if let Some(n) = name.strip_prefix("ema.") {
+                ema.insert(n, data);
+            } else if let Some(n) = name.strip_prefix("optim.") {
+                optimizer.push((n.to_string(), data));
+            } else {
+                bail!("{}: unexpected tensor `{name}`", path.display());
+            }
+        }
+        Ok(Checkpoint {
+            iteration: number("iteration")?,
+            tokens: number("tokens")?,
+            best_val_l_t,
+            ema_updates: number("ema_updates")?,
+            optimizer_steps: number("optimizer_steps")?,
+            experiment: field("experiment")?.clone(),
+            model,
+            ema,
+            optimizer,
+        })
+    }
+}

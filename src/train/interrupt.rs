@@ -1,0 +1,30 @@
+//! Ctrl-C and SIGTERM: the first asks the loop to save a checkpoint and stop at the next
+//! iteration boundary; a second one exits at once (checkpoints are written atomically, so
+//! even that loses at most the steps since the last one).
+
+use std::sync::Once;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static REQUESTED: AtomicBool = AtomicBool::new(false);
+static INSTALL: Once = Once::new();
+
+/// Installs the handler (once per process).
+pub fn install() {
+    INSTALL.call_once(|| {
+        let installed = ctrlc::set_handler(|| {
+            if REQUESTED.swap(true, Ordering::SeqCst) {
+                eprintln!("\nsecond interrupt: exiting without a final checkpoint");
+                std::process::exit(130);
+            }
+            eprintln!("\ninterrupt: saving a checkpoint at the end of this iteration (press Ctrl-C again to exit now)");
+        });
+        if let Err(e) = installed {
+            eprintln!("warning: cannot handle Ctrl-C ({e}); an interrupted run resumes from its last checkpoint");
+        }
+    });
+}
+
+/// Whether a stop was requested.
+pub fn requested() -> bool {
+    REQUESTED.load(Ordering::SeqCst)
+}
