@@ -137,17 +137,12 @@ fn run_case(
         buffers.get("alpha_bars").unwrap().clone(),
     );
 
-    let mut trace = LossTrace {
-        log_q: Tensor::empty([0, 0, 0], &device),
-        log_p: Tensor::empty([0, 0, 0], &device),
-        logits: Tensor::empty([0, 0, 0], &device),
-        net: Default::default(),
-    };
+    let mut trace = LossTrace::default();
     let terms =
         process.token_terms_traced(&model.net, x0.clone(), x_next.clone(), &t, Some(&mut trace));
     let out = process.loss_from_terms(terms.clone(), &t);
 
-    check("log_q".into(), trace.log_q.into_data());
+    check("log_q".into(), trace.log_q.unwrap().into_data());
     check(
         format!("{w}.timestep_freq"),
         trace.net.timestep_freq.unwrap().into_data(),
@@ -157,8 +152,8 @@ fn run_case(
     for (i, block) in trace.net.blocks.into_iter().enumerate() {
         check(format!("{w}.block{i}"), block.into_data());
     }
-    check(format!("{w}.logits"), trace.logits.into_data());
-    check(format!("{w}.log_p"), trace.log_p.into_data());
+    check(format!("{w}.logits"), trace.logits.unwrap().into_data());
+    check(format!("{w}.log_p"), trace.log_p.unwrap().into_data());
     check(format!("{w}.l_kl"), terms.kl.into_data());
     check(format!("{w}.l_ce"), terms.ce.into_data());
     check(format!("{w}.loss"), out.loss.clone().into_data());

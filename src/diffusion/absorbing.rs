@@ -62,13 +62,15 @@ pub struct TokenTerms<B: Backend> {
     pub ce: Tensor<B, 2>,
 }
 
-/// Everything the parity tests compare, from one loss evaluation.
-#[derive(Debug, Clone)]
+/// The intermediate values of one loss evaluation (for parity tests and inspection).
+#[derive(Debug, Clone, Default)]
 pub struct LossTrace<B: Backend> {
-    pub log_q: Tensor<B, 3>,
-    pub log_p: Tensor<B, 3>,
-    /// Network output before the mask column is removed.
-    pub logits: Tensor<B, 3>,
+    /// [B, L, K] unnormalised log q(x_t | x_{t+1}, x_0).
+    pub log_q: Option<Tensor<B, 3>>,
+    /// [B, L, K] unnormalised log p(x_t | x_{t+1}).
+    pub log_p: Option<Tensor<B, 3>>,
+    /// [B, L, K] network output before the mask column is removed.
+    pub logits: Option<Tensor<B, 3>>,
     pub net: crate::model::DitTrace<B>,
 }
 
@@ -173,15 +175,18 @@ impl D3pmAbsorbing {
         x0: Tensor<B, 2, Int>,
         x_next: Tensor<B, 2, Int>,
         t: &[usize],
-        trace: Option<&mut LossTrace<B>>,
+        mut trace: Option<&mut LossTrace<B>>,
     ) -> TokenTerms<B> {
         let device = x0.device();
         let s: Vec<usize> = t.iter().map(|&t| t + 1).collect();
         let posterior = self.posterior::<B>(&s, t, &device);
 
         let log_q = self.log_posterior(self.one_hot(x0.clone()), x_next.clone(), &posterior);
-        let mut net_trace = trace.as_ref().map(|_| Default::default());
-        let logits = net.forward_traced(x_next.clone(), times(&s, &device), net_trace.as_mut());
+        let logits = net.forward_traced(
+            x_next.clone(),
+            times(&s, &device),
+            trace.as_deref_mut().map(|trace| &mut trace.net),
+        );
         let masked_logits = self.remove_mask_column(logits.clone());
         let p_x0 = softmax(masked_logits.clone(), 2);
         let log_p = self.log_posterior(p_x0, x_next, &posterior);
@@ -196,13 +201,10 @@ impl D3pmAbsorbing {
             .squeeze_dim::<2>(2)
             .neg();
 
-        if let (Some(trace), Some(net_trace)) = (trace, net_trace) {
-            *trace = LossTrace {
-                log_q,
-                log_p,
-                logits,
-                net: net_trace,
-            };
+        if let Some(trace) = trace {
+            trace.log_q = Some(log_q);
+            trace.log_p = Some(log_p);
+            trace.logits = Some(logits);
         }
         TokenTerms { kl, ce }
     }
@@ -230,6 +232,7 @@ impl D3pmAbsorbing {
         let sums = Tensor::cat(vec![per_token.detach().sum(), kl_sum, ce_sum, recon_sum], 0);
         let recon_rows = t.iter().filter(|&&t| t == 0).count();
         super::LossOutput {
+            timesteps: self.timesteps,
             loss,
             terms,
             sums,
@@ -613,7 +616,7 @@ mod tests {
             / 12.0;
         assert!((floats(out.loss.clone())[0] - expected).abs() < 1e-6);
 
-        let stats = out.stats(100);
+        let stats = out.stats();
         let kl_mean = kl[4..].iter().sum::<f32>() as f64 / 8.0;
         let recon = ce[..4].iter().sum::<f32>() as f64 / 4.0;
         assert!((stats.kl() - kl_mean).abs() < 1e-6);
@@ -630,8 +633,8 @@ mod tests {
             p.token_terms(&net, rows(&x0, 1, 2), rows(&x_next, 1, 2), &t[1..]),
             &t[1..],
         );
-        let mut merged = first.stats(100);
-        merged.merge(&rest.stats(100));
+        let mut merged = first.stats();
+        merged.merge(&rest.stats());
         assert_eq!(merged.tokens, stats.tokens);
         assert!((merged.l_t() - stats.l_t()).abs() < 1e-4);
         assert!((merged.loss() - stats.loss()).abs() < 1e-6);

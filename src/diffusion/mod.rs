@@ -35,6 +35,7 @@ pub struct LossOutput<B: Backend> {
     /// [4] on the device: sums of the loss, of KL over tokens with t > 0, of CE over all
     /// tokens and of CE over tokens with t = 0. Read with [`LossOutput::stats`].
     sums: Tensor<B, 1>,
+    timesteps: usize,
     tokens: usize,
     kl_tokens: usize,
     recon_tokens: usize,
@@ -43,7 +44,7 @@ pub struct LossOutput<B: Backend> {
 impl<B: Backend> LossOutput<B> {
     /// The logged quantities as host numbers. This waits for the device (one transfer), so a
     /// training loop calls it only when it logs.
-    pub fn stats(&self, timesteps: usize) -> LossStats {
+    pub fn stats(&self) -> LossStats {
         let sums = self
             .sums
             .clone()
@@ -52,7 +53,7 @@ impl<B: Backend> LossOutput<B> {
             .to_vec::<f64>()
             .expect("f64 sums");
         LossStats {
-            timesteps,
+            timesteps: self.timesteps,
             tokens: self.tokens,
             loss_sum: sums[0],
             kl_tokens: self.kl_tokens,

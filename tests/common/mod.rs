@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 /// The fixture root: `DDEXP_NANODD_FIXTURES` if set; else `../shared/fixtures/nanodd` next
 /// to the crate if it exists; else the copy vendored in `tests/fixtures/nanodd` (what a clean
 /// clone and CI use). Panics — the tests fail, they do not skip — when the root is missing
-/// or holds no case folder.
+/// or holds no case folder, and when a case folder lacks one of its files.
 pub fn fixture_cases() -> Vec<PathBuf> {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     let root = match std::env::var_os("DDEXP_NANODD_FIXTURES") {
@@ -24,17 +24,27 @@ pub fn fixture_cases() -> Vec<PathBuf> {
         "nanoDD fixture root {} does not exist (set DDEXP_NANODD_FIXTURES)",
         root.display()
     );
+    // Every folder is a case; an incomplete one fails rather than being skipped.
     let mut cases: Vec<PathBuf> = std::fs::read_dir(&root)
         .unwrap_or_else(|e| panic!("cannot list {}: {e}", root.display()))
         .map(|entry| entry.expect("directory entry").path())
-        .filter(|path| path.join("ckpt.pt").is_file() && path.join("cases.safetensors").is_file())
+        .filter(|path| path.is_dir())
         .collect();
     cases.sort();
     assert!(
         !cases.is_empty(),
-        "nanoDD fixture root {} has no case folder (a folder with ckpt.pt and cases.safetensors)",
+        "nanoDD fixture root {} has no case folder",
         root.display()
     );
+    for case in &cases {
+        for file in ["ckpt.pt", "cases.safetensors", "meta.json"] {
+            assert!(
+                case.join(file).is_file(),
+                "fixture case {} has no {file}",
+                case.display()
+            );
+        }
+    }
     eprintln!(
         "nanoDD fixtures: {} ({} cases)",
         root.display(),
