@@ -46,7 +46,7 @@ fn main() {
             BATCH,
             diffusion.timesteps(),
         );
-        let mut noise = rng::rng(1, Stream::Noise, &[iteration]);
+        let mut noise = rng::rows(1, Stream::Noise, &[iteration], 0..BATCH as u64);
         let out = diffusion.loss(&net, x0.clone(), &t, &mut noise);
         let grads = out.loss.backward();
         B::sync(&device).unwrap();

@@ -102,10 +102,23 @@ pub fn estimate<B: Backend>(
         let is_kl = batch < settings.kl_batches;
         let mut rng = rng::rng(settings.seed, Stream::EvalTimes, &[split as u64, batch]);
         let times: Vec<usize> = (0..settings.batch_size)
-            .map(|_| if is_kl { rng.random_range(1..timesteps) } else { 0 })
+            .map(|_| {
+                if is_kl {
+                    rng.random_range(1..timesteps)
+                } else {
+                    0
+                }
+            })
             .collect();
         let x0 = batch_tensor::<B>(corpus, split, batch, settings.batch_size, &device);
-        let terms = diffusion.token_terms(net, x0, &times, &mut rng);
+        let rows = 0..settings.batch_size as u64;
+        let mut noise = rng::rows(
+            settings.seed,
+            Stream::EvalNoise,
+            &[split as u64, batch],
+            rows,
+        );
+        let terms = diffusion.token_terms(net, x0, &times, &mut noise);
         if is_kl {
             running.kl.merge(&Moments::of_sequence_means(terms.kl));
         } else {
@@ -131,10 +144,13 @@ pub fn validation_loss<B: Backend>(
     let mut total = LossStats::default();
     let mut per_batch = Moments::default();
     for batch in 0..batches {
-        let mut rng = rng::rng(0, Stream::Validation, &[batch]);
-        let times: Vec<usize> = (0..batch_size).map(|_| rng.random_range(0..timesteps)).collect();
+        let mut rng = rng::rng(0, Stream::Validation, &[batch, 0]);
+        let times: Vec<usize> = (0..batch_size)
+            .map(|_| rng.random_range(0..timesteps))
+            .collect();
         let x0 = batch_tensor::<B>(corpus, Split::Val, batch, batch_size, &device);
-        let stats = diffusion.loss(net, x0, &times, &mut rng).stats(timesteps);
+        let mut noise = rng::rows(0, Stream::Validation, &[batch, 1], 0..batch_size as u64);
+        let stats = diffusion.loss(net, x0, &times, &mut noise).stats();
         let bits = stats.bits_per_token();
         per_batch.merge(&Moments {
             count: 1,

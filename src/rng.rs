@@ -31,8 +31,10 @@ pub enum Stream {
     Sample = 7,
     /// Corpus generation and document splits during data preparation.
     Data = 8,
-    /// Times and noise of a bits/token evaluation.
+    /// Times of a bits/token evaluation.
     EvalTimes = 9,
+    /// Forward noise of a bits/token evaluation.
+    EvalNoise = 11,
     /// Times and noise of the training loop's validation pass.
     Validation = 10,
 }
@@ -40,6 +42,22 @@ pub enum Stream {
 /// A generator for `stream` at `indices` under `seed`.
 pub fn rng(seed: u64, stream: Stream, indices: &[u64]) -> ChaCha8Rng {
     ChaCha8Rng::seed_from_u64(derive_seed(seed, stream, indices))
+}
+
+/// One generator per row `r` in `rows`, each at `indices` followed by `r`: per-sequence
+/// streams, so a sequence draws the same numbers whatever batch or device it is part of.
+pub fn rows(
+    seed: u64,
+    stream: Stream,
+    indices: &[u64],
+    rows: std::ops::Range<u64>,
+) -> Vec<ChaCha8Rng> {
+    rows.map(|r| {
+        let mut at = indices.to_vec();
+        at.push(r);
+        rng(seed, stream, &at)
+    })
+    .collect()
 }
 
 /// A 64-bit seed for `stream` at `indices` under `seed`, for APIs that take a plain seed

@@ -135,18 +135,23 @@ impl D3pmAbsorbing {
     }
 
     /// Draws x_{t+1} ~ q(x_{t+1} | x_0) for transition indices `t` (one per sequence): each
-    /// token is kept with probability ᾱ_{t+1} and masked otherwise. The uniforms come from
-    /// `rng` in row-major order, so every backend masks the same tokens.
-    pub fn noise<B: Backend>(
+    /// token is kept with probability ᾱ_{t+1} and masked otherwise. Sequence i draws its
+    /// uniforms on the host from `rows[i]`, so every backend masks the same tokens, and a
+    /// sequence's noise does not depend on which batch or device it lands in.
+    pub fn noise<B: Backend, R: Rng>(
         &self,
         x0: Tensor<B, 2, Int>,
         t: &[usize],
-        rng: &mut impl Rng,
+        rows: &mut [R],
     ) -> Tensor<B, 2, Int> {
         let [batch, seq_len] = x0.dims();
         assert_eq!(t.len(), batch, "one time per sequence");
+        assert_eq!(rows.len(), batch, "one noise generator per sequence");
         let device = x0.device();
-        let uniforms: Vec<f32> = (0..batch * seq_len).map(|_| rng.random()).collect();
+        let mut uniforms: Vec<f32> = Vec::with_capacity(batch * seq_len);
+        for row in rows.iter_mut() {
+            uniforms.extend((0..seq_len).map(|_| row.random::<f32>()));
+        }
         let uniforms =
             Tensor::<B, 2>::from_data(TensorData::new(uniforms, [batch, seq_len]), &device);
         let keep_prob: Vec<f32> = t.iter().map(|&t| self.alpha_bars[t + 1]).collect();
@@ -496,13 +501,19 @@ mod tests {
         assert!((p.unmask_probability(1000, 500) - 0.5).abs() < 1e-6);
     }
 
+    fn seeded_rows(seed: u64, n: u64) -> Vec<ChaCha8Rng> {
+        (0..n)
+            .map(|i| ChaCha8Rng::seed_from_u64(seed * 1000 + i))
+            .collect()
+    }
+
     #[test]
     fn noise_masks_with_probability_one_minus_alpha_bar() {
         let p = D3pmAbsorbing::new(10, 0.05, 6);
         let x0 = tokens(vec![vec![1; 2000], vec![2; 2000], vec![3; 2000]]);
         // t + 1 = 10 (everything masked), 5 (half), 1 (a tenth).
         let t = [9, 4, 0];
-        let noised = ints(p.noise(x0.clone(), &t, &mut ChaCha8Rng::seed_from_u64(1)));
+        let noised = ints(p.noise(x0.clone(), &t, &mut seeded_rows(1, 3)));
         let masked = |row: usize| {
             noised[row * 2000..(row + 1) * 2000]
                 .iter()
@@ -514,10 +525,7 @@ mod tests {
         assert!((140..260).contains(&masked(2)), "{}", masked(2));
         // Unmasked tokens are the data, and the draw is a function of the rng.
         assert!(noised[4000..].iter().all(|&v| v == 3 || v == 5));
-        assert_eq!(
-            noised,
-            ints(p.noise(x0, &t, &mut ChaCha8Rng::seed_from_u64(1)))
-        );
+        assert_eq!(noised, ints(p.noise(x0, &t, &mut seeded_rows(1, 3))));
     }
 
     #[test]
@@ -605,7 +613,7 @@ mod tests {
         let net = net();
         let x0 = tokens(vec![vec![0, 1, 2, 3], vec![4, 3, 2, 1], vec![1, 1, 0, 0]]);
         let t = [0, 37, 99];
-        let x_next = p.noise(x0.clone(), &t, &mut ChaCha8Rng::seed_from_u64(5));
+        let x_next = p.noise(x0.clone(), &t, &mut seeded_rows(5, 3));
         let out = p.loss_from_terms(p.token_terms(&net, x0.clone(), x_next.clone(), &t), &t);
         let kl = floats(out.terms.kl.clone());
         let ce = floats(out.terms.ce.clone());

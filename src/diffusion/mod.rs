@@ -101,14 +101,14 @@ impl Diffusion {
     }
 
     /// The training loss of clean tokens `x0` [B, L] at transition indices `t` (one per
-    /// sequence), with the forward noise drawn from `noise` (use the stream
-    /// `(seed, Noise, [iteration, micro, rank])`).
-    pub fn loss<B: Backend>(
+    /// sequence), with the forward noise of sequence i drawn from `noise[i]` (the training
+    /// loop uses the stream `(seed, Noise, [iteration, micro, global row])`).
+    pub fn loss<B: Backend, R: Rng>(
         &self,
         net: &Dit<B>,
         x0: Tensor<B, 2, Int>,
         t: &[usize],
-        noise: &mut impl Rng,
+        noise: &mut [R],
     ) -> LossOutput<B> {
         let x_next = self.noise(x0.clone(), t, noise);
         self.loss_at(net, x0, x_next, t)
@@ -127,26 +127,26 @@ impl Diffusion {
         }
     }
 
-    /// Draws x_{t+1} ~ q(x_{t+1} | x_0).
-    pub fn noise<B: Backend>(
+    /// Draws x_{t+1} ~ q(x_{t+1} | x_0), sequence i from `rows[i]`.
+    pub fn noise<B: Backend, R: Rng>(
         &self,
         x0: Tensor<B, 2, Int>,
         t: &[usize],
-        rng: &mut impl Rng,
+        rows: &mut [R],
     ) -> Tensor<B, 2, Int> {
         match self {
-            Diffusion::Absorbing(p) => p.noise(x0, t, rng),
+            Diffusion::Absorbing(p) => p.noise(x0, t, rows),
         }
     }
 
     /// Per-token KL and CE at transition indices `t` with fresh noise, for evaluation: the
     /// KL term uses t ∈ {1, …, T−1}, the reconstruction term t = 0 (see [`Moments`]).
-    pub fn token_terms<B: Backend>(
+    pub fn token_terms<B: Backend, R: Rng>(
         &self,
         net: &Dit<B>,
         x0: Tensor<B, 2, Int>,
         t: &[usize],
-        noise: &mut impl Rng,
+        noise: &mut [R],
     ) -> TokenTerms<B> {
         match self {
             Diffusion::Absorbing(p) => {

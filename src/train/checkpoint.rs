@@ -74,11 +74,18 @@ impl Checkpoint {
         let (tensors, meta) = StateDict::read_safetensors_with_metadata(path)?;
         let field = |key: &str| -> Result<&String> {
             meta.get(key).with_context(|| {
-                format!("{} is not a ddexp checkpoint: no `{key}` in its metadata", path.display())
+                format!(
+                    "{} is not a ddexp checkpoint: no `{key}` in its metadata",
+                    path.display()
+                )
             })
         };
         if field("format")? != FORMAT {
-            bail!("{} is not a ddexp checkpoint (format {:?})", path.display(), field("format")?);
+            bail!(
+                "{} is not a ddexp checkpoint (format {:?})",
+                path.display(),
+                field("format")?
+            );
         }
         if field("version")? != VERSION {
             bail!(
@@ -94,7 +101,10 @@ impl Checkpoint {
         };
         let best_val_l_t = match meta.get("best_val_l_t") {
             Some(v) => Some(v.parse().with_context(|| {
-                format!("{}: metadata `best_val_l_t` is not a number", path.display())
+                format!(
+                    "{}: metadata `best_val_l_t` is not a number",
+                    path.display()
+                )
             })?),
             None => None,
         };

@@ -19,7 +19,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::data::{self, Corpus};
 use crate::diffusion::Diffusion;
-use crate::eval::{self, EvalSettings, Estimate};
+use crate::eval::{self, Estimate, EvalSettings};
 use crate::results::{EvalRow, RunDir, RunStatus, Weights};
 use crate::spec::{self, Experiment};
 use checkpoint::Checkpoint;
@@ -70,12 +70,21 @@ pub fn resume(run_dir: &Path) -> Result<RunReport> {
     }
     let corpus = data::open(&experiment.dataset)?;
     run.resume(ckpt.iteration)?;
-    eprintln!("resuming {} at iteration {}", run.path().display(), ckpt.iteration);
+    eprintln!(
+        "resuming {} at iteration {}",
+        run.path().display(),
+        ckpt.iteration
+    );
     drive(experiment, &corpus, run, Start::Resume(Box::new(ckpt)))
 }
 
 /// Trains and evaluates on the experiment's backend, recording the outcome in run.json.
-fn drive(experiment: &Experiment, corpus: &Corpus, mut run: RunDir, start: Start) -> Result<RunReport> {
+fn drive(
+    experiment: &Experiment,
+    corpus: &Corpus,
+    mut run: RunDir,
+    start: Start,
+) -> Result<RunReport> {
     interrupt::install();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         on_backend(experiment, corpus, &mut run, start)
@@ -120,12 +129,18 @@ fn on_backend(
 ) -> Result<(Ending, Vec<Estimate>)> {
     let topology = &experiment.topology;
     if topology.devices.len() > 1 || topology.nodes > 1 {
-        bail!("this ddexp trains on one device; topology.devices lists {} and topology.nodes is {}", topology.devices.len(), topology.nodes);
+        bail!(
+            "this ddexp trains on one device; topology.devices lists {} and topology.nodes is {}",
+            topology.devices.len(),
+            topology.nodes
+        );
     }
     match topology.backend {
         spec::Backend::Cpu => {
             let device = burn::backend::flex::FlexDevice;
-            train_and_evaluate::<Autodiff<burn::backend::Flex>>(experiment, corpus, run, start, &device)
+            train_and_evaluate::<Autodiff<burn::backend::Flex>>(
+                experiment, corpus, run, start, &device,
+            )
         }
         spec::Backend::Cuda => cuda(experiment, corpus, run, start),
     }
@@ -211,7 +226,11 @@ pub fn evaluate_with_progress<B: Backend>(
         bar.set_position(done);
         let e = running.estimate(split, timesteps);
         if e.kl.sequences > 1 {
-            bar.set_message(format!("{:.4} ± {:.4} bits/token", e.bits_per_token(), e.std_error()));
+            bar.set_message(format!(
+                "{:.4} ± {:.4} bits/token",
+                e.bits_per_token(),
+                e.std_error()
+            ));
         }
     });
     bar.finish_and_clear();

@@ -91,7 +91,14 @@ pub fn train<B: AutodiffBackend>(
 
     while state.iteration < t.max_iters {
         if interrupt::requested() {
-            save(&state, &diffusion, experiment_ron, run, (&train_log, &val_log), false)?;
+            save(
+                &state,
+                &diffusion,
+                experiment_ron,
+                run,
+                (&train_log, &val_log),
+                false,
+            )?;
             bar.abandon();
             return Ok(Trained {
                 ending: Ending::Interrupted {
@@ -103,7 +110,13 @@ pub fn train<B: AutodiffBackend>(
         }
         let it = state.iteration;
         let lr = learning_rate(t, it);
-        let times = sample_times(experiment.sampler, experiment.seed, it, global_batch, timesteps);
+        let times = sample_times(
+            experiment.sampler,
+            experiment.seed,
+            it,
+            global_batch,
+            timesteps,
+        );
 
         let mut accumulator = GradientsAccumulator::<Dit<B>>::new();
         let mut stats = LossStats::default();
@@ -112,11 +125,19 @@ pub fn train<B: AutodiffBackend>(
             let ids = corpus.train_batch(experiment.seed, it, micro as u64, 0, t.batch_size);
             let x0 = ids_tensor::<B>(&ids, t.batch_size, corpus.seq_len(), device);
             seed_dropout::<B>(device, experiment.seed, it, micro as u64, 0);
-            let mut noise = rng::rng(experiment.seed, Stream::Noise, &[it, micro as u64, 0]);
+            let mut noise = rng::rows(
+                experiment.seed,
+                Stream::Noise,
+                &[it, micro as u64],
+                0..t.batch_size as u64,
+            );
             let out = diffusion.loss(&state.model, x0, local, &mut noise);
-            stats.merge(&out.stats(timesteps));
+            stats.merge(&out.stats());
             let grads = out.loss.div_scalar(t.grad_accum as f64).backward();
-            accumulator.accumulate(&state.model, GradientsParams::from_grads(grads, &state.model));
+            accumulator.accumulate(
+                &state.model,
+                GradientsParams::from_grads(grads, &state.model),
+            );
         }
         let mut grads = accumulator.grads();
         let grad_norm = clip_grad_norm(&state.model, &mut grads, t.grad_clip);
@@ -124,7 +145,11 @@ pub fn train<B: AutodiffBackend>(
             bail!(
                 "non-finite {} at iteration {it} (loss {}, gradient norm {grad_norm}); the weights were not \
                  updated and the last good checkpoint (iteration {last_good_checkpoint}) is kept in {}",
-                if stats.loss().is_finite() { "gradient norm" } else { "loss" },
+                if stats.loss().is_finite() {
+                    "gradient norm"
+                } else {
+                    "loss"
+                },
                 stats.loss(),
                 run.checkpoints_dir().join(checkpoint::LATEST).display()
             );
@@ -167,8 +192,13 @@ pub fn train<B: AutodiffBackend>(
         let every = t.checkpoint.every.is_some_and(|e| it % e == 0);
         if it % t.eval_interval == 0 || it == t.max_iters {
             let started = Instant::now();
-            let (val, bits_se) =
-                validation_loss(&state.ema.weights, &diffusion, corpus, t.eval_iters, t.batch_size);
+            let (val, bits_se) = validation_loss(
+                &state.ema.weights,
+                &diffusion,
+                corpus,
+                t.eval_iters,
+                t.batch_size,
+            );
             let row = ValRow {
                 iter: it,
                 tokens: state.tokens,
@@ -207,7 +237,14 @@ pub fn train<B: AutodiffBackend>(
             last_good_checkpoint = it;
             run.redraw_loss_chart()?;
         } else if every {
-            save(&state, &diffusion, experiment_ron, run, (&train_log, &val_log), false)?;
+            save(
+                &state,
+                &diffusion,
+                experiment_ron,
+                run,
+                (&train_log, &val_log),
+                false,
+            )?;
             last_good_checkpoint = it;
         }
     }
@@ -238,8 +275,9 @@ impl<B: AutodiffBackend> State<B> {
     ) -> Result<Self> {
         let net = |weights: &StateDict, which: &str| {
             let net_weights = weights.strip_prefix(crate::model::NET_PREFIX);
-            Dit::<B>::from_state_dict(config, &net_weights, device)
-                .with_context(|| format!("the checkpoint's {which} weights do not fit the experiment"))
+            Dit::<B>::from_state_dict(config, &net_weights, device).with_context(|| {
+                format!("the checkpoint's {which} weights do not fit the experiment")
+            })
         };
         let model = net(&ckpt.model, "model")?;
         let ema_weights = net(&ckpt.ema, "EMA")?.valid();
