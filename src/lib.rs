@@ -3,7 +3,7 @@
 //!
 //! The modules follow the pipeline: an experiment [`spec`] names the data ([`data`]), the
 //! network ([`model`]), the process ([`diffusion`]) and the recipe; [`train`] runs it,
-//! [`eval`] measures bits/token, [`results`] writes and compares run folders. The CLI
+//! [`eval`] measures bits/token, [`results`] writes and compares run folders, and [`sweep`] runs families of experiments. The CLI
 //! ([`cli`]) only parses arguments and calls into the library.
 
 pub mod backend;
@@ -15,4 +15,5 @@ pub mod model;
 pub mod results;
 pub mod rng;
 pub mod spec;
+pub mod sweep;
 pub mod train;

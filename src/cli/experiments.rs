@@ -19,10 +19,26 @@ pub fn validate(paths: &[PathBuf], overrides: &[String]) -> Result<()> {
     }
     let mut invalid = 0;
     for file in &files {
-        match spec::load(file, overrides) {
-            Ok(loaded) => {
-                eprint!("{}", loaded.warnings.render());
-                println!("ok      {}", file.display());
+        // A sweep file is valid when it and every member it expands into are.
+        let checked = if spec::sweep::is_sweep_file(file) {
+            spec::sweep::load_grid(file, overrides).map(|grid| {
+                let warnings: Vec<String> = grid
+                    .members
+                    .iter()
+                    .map(|m| m.loaded.warnings.render())
+                    .collect();
+                (
+                    dedup(warnings),
+                    format!(" (sweep of {} members)", grid.members.len()),
+                )
+            })
+        } else {
+            spec::load(file, overrides).map(|loaded| (loaded.warnings.render(), String::new()))
+        };
+        match checked {
+            Ok((warnings, what)) => {
+                eprint!("{warnings}");
+                println!("ok      {}{what}", file.display());
             }
             Err(e) => {
                 invalid += 1;
@@ -35,6 +51,17 @@ pub fn validate(paths: &[PathBuf], overrides: &[String]) -> Result<()> {
         bail!("{invalid} of {} experiment file(s) invalid", files.len());
     }
     Ok(())
+}
+
+/// The distinct texts, in first-seen order, joined: a grid's members share their warnings.
+pub fn dedup(texts: Vec<String>) -> String {
+    let mut seen = Vec::new();
+    for t in texts {
+        if !seen.contains(&t) {
+            seen.push(t);
+        }
+    }
+    seen.concat()
 }
 
 pub fn schema(check: bool, dir: &Path) -> Result<()> {

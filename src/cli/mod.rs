@@ -10,6 +10,7 @@ mod experiments;
 mod import;
 mod report;
 mod run;
+mod sweep;
 
 const WORKFLOW: &str = "\
 Workflow:
@@ -18,6 +19,7 @@ Workflow:
   ddexp validate experiments/                  check experiment files (schema + semantics)
   ddexp data prepare text8                     download and tokenise a corpus into data/
   ddexp schema                                 regenerate schemas/ from the Rust types
+  ddexp sweep experiments/lds_vs_uniform/      run every member of a sweep folder (resumable)
   ddexp report [RUN|SWEEP|EXPERIMENT]...       compare runs: charts, tables, summary.csv
 
 Every command that takes an experiment also takes --set path=value (RON syntax), e.g.
@@ -66,6 +68,12 @@ enum Command {
         #[arg(long, default_value = "schemas")]
         dir: PathBuf,
     },
+    /// Run every member of a sweep folder; re-running skips completed members and resumes stopped ones.
+    #[command(after_help = "Examples:
+  ddexp sweep experiments/lds_vs_uniform/ --dry-run    # list the members and what would happen
+  ddexp sweep experiments/lds_vs_uniform/
+  ddexp sweep experiments/lds_vs_uniform_text8/ --parallel 4 --set \"topology.backend=Cuda\"")]
+    Sweep(sweep::SweepArgs),
     /// Compare runs: charts, tables and summary.csv from their logs (nothing is re-run).
     #[command(after_help = "Examples:
   ddexp report                                  # every run under results/
@@ -106,6 +114,7 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run::run(args),
         Command::Validate { paths, overrides } => experiments::validate(&paths, &overrides.set),
         Command::Schema { check, dir } => experiments::schema(check, &dir),
+        Command::Sweep(args) => sweep::run(args),
         Command::Report(args) => report::run(args),
         Command::Data(command) => data::run(command),
         Command::Import(command) => import::run(command),

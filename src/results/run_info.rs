@@ -121,14 +121,20 @@ impl RunInfo {
     /// True when the run says `running` and its process is alive on this host: a ddexp
     /// process (same executable name as this one) with the recorded pid still exists.
     pub fn is_live(&self) -> bool {
-        if self.status != RunStatus::Running || self.host != host_name() {
-            return false;
-        }
-        let comm = |pid: &str| fs::read_to_string(format!("/proc/{pid}/comm")).ok();
-        match (comm(&self.pid.to_string()), comm("self")) {
-            (Some(theirs), Some(ours)) => theirs == ours,
-            _ => false,
-        }
+        self.status == RunStatus::Running && process_alive(self.host.as_deref(), self.pid)
+    }
+}
+
+/// True when a process with `pid` runs on this host (`host`, as [`RunInfo::host`] records
+/// it) and has the same executable name as this one: a ddexp process still at work.
+pub fn process_alive(host: Option<&str>, pid: u32) -> bool {
+    if host != host_name().as_deref() {
+        return false;
+    }
+    let comm = |pid: &str| fs::read_to_string(format!("/proc/{pid}/comm")).ok();
+    match (comm(&pid.to_string()), comm("self")) {
+        (Some(theirs), Some(ours)) => theirs == ours,
+        _ => false,
     }
 }
 
@@ -138,7 +144,7 @@ pub fn now() -> String {
 }
 
 /// The kernel's host name (Linux), else the HOSTNAME / COMPUTERNAME variable.
-fn host_name() -> Option<String> {
+pub fn host_name() -> Option<String> {
     fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())

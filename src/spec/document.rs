@@ -30,16 +30,19 @@ pub struct Location {
 /// The JSON of an experiment with the source location of each of its values.
 pub struct Document<'s> {
     schema: Reader<'s>,
+    /// What the whole document is, for messages: "the experiment" or "the sweep".
+    root: &'static str,
     pub json: Json,
     locations: HashMap<String, Location>,
     pub diagnostics: Vec<Diagnostic>,
 }
 
 impl<'s> Document<'s> {
-    /// Converts a parsed experiment file.
-    pub fn from_tree(schema: &'s Json, tree: &Node) -> Self {
+    /// Converts a parsed file; `root` says what it describes ("the experiment").
+    pub fn from_tree(schema: &'s Json, tree: &Node, root: &'static str) -> Self {
         let mut doc = Document {
             schema: Reader::new(schema),
+            root,
             json: Json::Null,
             locations: HashMap::new(),
             diagnostics: vec![],
@@ -100,6 +103,11 @@ impl<'s> Document<'s> {
         path: String,
     ) -> Json {
         self.record(&pointer, node, &path);
+        // A schema that accepts anything (a sweep's grid values): keep the value as written;
+        // it is checked where it is used.
+        if schema.is_some_and(accepts_anything) {
+            return as_written(node);
+        }
         let Some(schema) = schema else {
             return self.convert_plain(node, None, &pointer, &path);
         };
@@ -206,6 +214,7 @@ impl<'s> Document<'s> {
                             }
                             None => {
                                 let d = unknown_field(
+                                    self.root,
                                     field.name.span.clone(),
                                     &path,
                                     fname,
@@ -395,6 +404,7 @@ impl<'s> Document<'s> {
             };
             let Some(field_schema) = properties.get(*seg) else {
                 let d = unknown_field(
+                    self.root,
                     seg_span,
                     &dotted,
                     seg,
@@ -444,6 +454,60 @@ impl<'s> Document<'s> {
     }
 }
 
+/// `true` or `{}`: the schema of a value of any type.
+fn accepts_anything(schema: &Json) -> bool {
+    schema == &Json::Bool(true) || schema.as_object().is_some_and(Map::is_empty)
+}
+
+/// The JSON of a value with no schema to guide it: variants become their names, named
+/// structs and tuples `{name: body}`, as serde would write them.
+fn as_written(node: &Node) -> Json {
+    let named = |name: &Option<super::ron_tree::Ident>, body: Json| match name {
+        Some(n) => Json::Object(Map::from_iter([(n.name.clone(), body)])),
+        None => body,
+    };
+    match &node.value {
+        Value::Bool(b) => Json::Bool(*b),
+        Value::Int(i) => i64::try_from(*i)
+            .map(Json::from)
+            .or_else(|_| u64::try_from(*i).map(Json::from))
+            .unwrap_or_else(|_| Json::String(i.to_string())),
+        Value::Float(f) => {
+            Number::from_f64(*f).map_or_else(|| Json::String(f.to_string()), Json::Number)
+        }
+        Value::Str(s) => Json::String(s.clone()),
+        Value::Char(c) => Json::String(c.to_string()),
+        Value::None => Json::Null,
+        Value::Some(x) => as_written(x),
+        Value::List(items) => Json::Array(items.iter().map(as_written).collect()),
+        Value::Map(entries) => Json::Object(
+            entries
+                .iter()
+                .map(|(k, v)| {
+                    let key = match &k.value {
+                        Value::Str(s) => s.clone(),
+                        other => other.describe(),
+                    };
+                    (key, as_written(v))
+                })
+                .collect(),
+        ),
+        Value::Struct { name, fields } => named(
+            name,
+            Json::Object(
+                fields
+                    .iter()
+                    .map(|f| (f.name.name.clone(), as_written(&f.value)))
+                    .collect(),
+            ),
+        ),
+        Value::Tuple { name, items } => {
+            named(name, Json::Array(items.iter().map(as_written).collect()))
+        }
+        Value::Unit(i) => Json::String(i.name.clone()),
+    }
+}
+
 fn join(path: &str, field: &str) -> String {
     if path.is_empty() {
         field.to_string()
@@ -461,13 +525,14 @@ fn strip_name(node: &Node) -> Node {
 }
 
 fn unknown_field<'a>(
+    root: &str,
     span: Span,
     parent: &str,
     name: &str,
     known: impl Iterator<Item = &'a str> + Clone,
 ) -> Diagnostic {
     let what = if parent.is_empty() {
-        "the experiment".to_string()
+        root.to_string()
     } else {
         format!("`{parent}`")
     };

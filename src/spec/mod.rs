@@ -11,13 +11,14 @@ mod diagnostics;
 mod document;
 mod ron_tree;
 pub mod schema;
+pub mod sweep;
 mod types;
 mod validate;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-pub use diagnostics::{Diagnostic, Severity, SpecError, closest};
+pub use diagnostics::{Diagnostic, Severity, Sources, SpecError, closest};
 pub use types::*;
 
 use document::Document;
@@ -64,36 +65,85 @@ pub fn load(path: &Path, overrides: &[String]) -> Result<Loaded, SpecError> {
 
 /// As [`load`], with the file's text given (`path` names it in messages).
 pub fn load_str(path: &Path, text: &str, overrides: &[String]) -> Result<Loaded, SpecError> {
+    let mut sources = Sources::default();
+    let base = sources.add(path.display().to_string(), text);
+    let tree = parse_source(path, &sources, text, base)?;
+    let edits: Vec<Edit> = overrides.iter().map(|o| Edit::Set(o)).collect();
+    load_tree(path, sources, &tree, &edits)
+}
+
+/// A change to an experiment document before it is validated.
+#[derive(Clone)]
+pub(crate) enum Edit<'a> {
+    /// `path=value` as given to `--set`; its text becomes a source of its own.
+    Set(&'a str),
+    /// A dotted path and a value parsed from a source already in the error's sources (a
+    /// sweep file), so that errors point into that file.
+    Value {
+        path: &'a str,
+        path_span: ron_tree::Span,
+        value: &'a ron_tree::Node,
+    },
+}
+
+/// Stage 1: parses `text`, whose spans start at `base` in `sources`.
+pub(crate) fn parse_source(
+    file: &Path,
+    sources: &Sources,
+    text: &str,
+    base: usize,
+) -> Result<ron_tree::Node, SpecError> {
+    ron_tree::parse_at(text, base).map_err(|e| SpecError {
+        file: file.to_path_buf(),
+        sources: sources.clone(),
+        diagnostics: vec![Diagnostic::error(
+            e.span,
+            "",
+            format!("invalid RON: {}", e.message),
+        )],
+    })
+}
+
+/// Stage 2: the experiment document of `tree` with `edits` applied in order.
+fn edited_document(
+    tree: &ron_tree::Node,
+    sources: &mut Sources,
+    edits: &[Edit],
+) -> Document<'static> {
+    let mut doc = Document::from_tree(schema_json(), tree, "the experiment");
+    for edit in edits {
+        match edit {
+            Edit::Set(o) => {
+                let base = sources.add(format!("--set {o}"), *o);
+                apply_override(&mut doc, o, base);
+            }
+            Edit::Value {
+                path,
+                path_span,
+                value,
+            } => doc.apply_override(path, path_span.clone(), value),
+        }
+    }
+    doc
+}
+
+/// Stages 2–4 for an experiment parsed from `sources` (named `file` in messages).
+pub(crate) fn load_tree(
+    file: &Path,
+    mut sources: Sources,
+    tree: &ron_tree::Node,
+    edits: &[Edit],
+) -> Result<Loaded, SpecError> {
+    let doc = edited_document(tree, &mut sources, edits);
     let mut err = SpecError {
-        file: path.to_path_buf(),
-        sources: Default::default(),
+        file: file.to_path_buf(),
+        sources,
         diagnostics: vec![],
     };
-    err.sources.add(path.display().to_string(), text);
     let fail = |mut err: SpecError, diagnostics: Vec<Diagnostic>| {
         err.diagnostics = diagnostics;
         Err(err)
     };
-
-    let tree = match ron_tree::parse(text) {
-        Ok(tree) => tree,
-        Err(e) => {
-            return fail(
-                err,
-                vec![Diagnostic::error(
-                    e.span,
-                    "",
-                    format!("invalid RON: {}", e.message),
-                )],
-            );
-        }
-    };
-    let schema = schema_json();
-    let mut doc = Document::from_tree(schema, &tree);
-    for o in overrides {
-        let base = err.sources.add(format!("--set {o}"), o.as_str());
-        apply_override(&mut doc, o, base);
-    }
     if !doc.diagnostics.is_empty() {
         return fail(err, doc.diagnostics);
     }
@@ -139,6 +189,19 @@ pub fn load_str(path: &Path, text: &str, overrides: &[String]) -> Result<Loaded,
         experiment,
         warnings: err,
     })
+}
+
+/// The value at a dotted path of the edited (not yet validated) document, if it is a
+/// string: how a sweep learns the name its grid members start from.
+pub(crate) fn edited_string(
+    tree: &ron_tree::Node,
+    sources: &Sources,
+    edits: &[Edit],
+    path: &str,
+) -> Option<String> {
+    let doc = edited_document(tree, &mut sources.clone(), edits);
+    let pointer: String = path.split('.').map(|s| format!("/{s}")).collect();
+    doc.json.pointer(&pointer)?.as_str().map(str::to_string)
 }
 
 /// Parses one `path=value` and applies it to the document.

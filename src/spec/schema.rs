@@ -16,10 +16,16 @@ pub struct SchemaFile {
 
 /// Every schema ddexp generates.
 pub fn all() -> Vec<SchemaFile> {
-    vec![SchemaFile {
-        file_name: "experiment.schema.json",
-        schema: experiment(),
-    }]
+    vec![
+        SchemaFile {
+            file_name: "experiment.schema.json",
+            schema: experiment(),
+        },
+        SchemaFile {
+            file_name: "sweep.schema.json",
+            schema: super::sweep::schema(),
+        },
+    ]
 }
 
 /// The JSON Schema of an experiment file.
