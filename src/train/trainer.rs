@@ -234,7 +234,7 @@ pub fn train<B: AutodiffBackend>(
         let it = state.iteration;
         bar.set_position(it);
 
-        if it % t.log_interval == 0 {
+        if it.is_multiple_of(t.log_interval) {
             let step_s = last_log.elapsed().as_secs_f64() / t.log_interval as f64;
             last_log = Instant::now();
             let s = &report.stats;
@@ -265,8 +265,8 @@ pub fn train<B: AutodiffBackend>(
             bar.set_message(message);
         }
 
-        let validate = it % t.eval_interval == 0 || it == t.max_iters;
-        let periodic = t.checkpoint.every.is_some_and(|e| it % e == 0);
+        let validate = it.is_multiple_of(t.eval_interval) || it == t.max_iters;
+        let periodic = t.checkpoint.every.is_some_and(|e| it.is_multiple_of(e));
         if validate {
             let started = Instant::now();
             let (val, bits_se) = validation_loss(
