@@ -243,10 +243,7 @@ fn a_killed_run_resumes_to_the_same_weights_and_logs() {
     let ckpt_iter = Checkpoint::load(&run.join("checkpoints/latest.safetensors"))
         .unwrap()
         .iteration;
-    assert!(
-        ckpt_iter >= 16 && ckpt_iter < 30,
-        "checkpoint at {ckpt_iter}"
-    );
+    assert!((16..30).contains(&ckpt_iter), "checkpoint at {ckpt_iter}");
 
     let out = ddexp(&["run", "--resume", run.to_str().unwrap()], killed.path());
     assert!(out.status.success(), "{}", text(&out));
