@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+mod bench;
 mod data;
 mod experiments;
 mod import;
@@ -45,6 +46,12 @@ enum Command {
   ddexp run experiments/d3pm_text8.ron --set train.lr=3e-4 --set seed=2
   ddexp run --resume results/d3pm_text8/2026-11-27T10-00-00")]
     Run(run::RunArgs),
+    /// Time the training step (forward, backward, optimiser) of an experiment.
+    #[command(after_help = "Examples:
+  ddexp bench experiments/quickstart.ron
+  ddexp bench experiments/d3pm_text8.ron --set train.grad_accum=1 --steps 20
+  ddexp bench experiments/d3pm_text8.ron --set topology.backend=Cpu --set train.batch_size=4 --set train.grad_accum=1 --steps 3")]
+    Bench(bench::BenchArgs),
     /// Check experiment files: RON syntax, the JSON Schema, and semantic rules.
     #[command(after_help = "Examples:
   ddexp validate experiments/
@@ -112,6 +119,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Bench(args) => bench::run(args),
         Command::Validate { paths, overrides } => experiments::validate(&paths, &overrides.set),
         Command::Schema { check, dir } => experiments::schema(check, &dir),
         Command::Sweep(args) => sweep::run(args),
