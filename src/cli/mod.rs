@@ -79,7 +79,7 @@ enum Command {
     #[command(after_help = "Examples:
   ddexp sweep experiments/lds_vs_uniform/ --dry-run    # list the members and what would happen
   ddexp sweep experiments/lds_vs_uniform/
-  ddexp sweep experiments/lds_vs_uniform_text8/ --parallel 4 --set \"topology.backend=Cuda\"")]
+  ddexp sweep experiments/lds_vs_uniform_text8/ --parallel 4     # 4 GPUs, one member on each")]
     Sweep(sweep::SweepArgs),
     /// Compare runs: charts, tables and summary.csv from their logs (nothing is re-run).
     #[command(after_help = "Examples:
