@@ -198,18 +198,21 @@ pub fn run(opts: &SweepOptions, plan: &Plan) -> Result<Outcome> {
     let (done_tx, done_rx) = mpsc::channel();
     let mut running: HashMap<usize, Running> = HashMap::new();
     let mut free_slots: Vec<usize> = (0..opts.parallel).rev().collect();
+    // `interrupted`: start no new member; `signalled`: Ctrl-C was passed on to the children.
     let mut interrupted = false;
+    let mut signalled = false;
     loop {
         let interrupts = INTERRUPTS.load(Ordering::SeqCst);
         if interrupts > handled_interrupts {
             handled_interrupts = interrupts;
-            if !interrupted {
+            if !signalled {
                 say(
                     &bar,
                     "interrupt: the running members save a checkpoint and stop; no new member starts (Ctrl-C again stops them at once)".into(),
                 );
             }
             interrupted = true;
+            signalled = true;
             for r in running.values() {
                 child::interrupt(r.pid);
             }
@@ -282,8 +285,12 @@ pub fn run(opts: &SweepOptions, plan: &Plan) -> Result<Outcome> {
                 discover_run_dir(&mut r);
                 let p = &plan.members[index];
                 let row = &mut rows[index];
-                let (status, error) =
-                    record::ending(&exit, r.run_dir.as_deref(), &plan.log_file(&p.member));
+                let (status, error) = record::ending(
+                    &exit,
+                    r.run_dir.as_deref(),
+                    &plan.log_file(&p.member),
+                    signalled,
+                );
                 row.status = status;
                 row.error = error;
                 let previous_wall = match &p.action {

@@ -19,11 +19,13 @@ use crate::spec::Split;
 pub const INTERRUPTED_EXIT: i32 = 130;
 
 /// How a member's attempt ended, from the child's exit status, its run folder (if it made
-/// one) and its log.
+/// one) and its log. `stopping`: the sweep passed on a Ctrl-C, so a child that a signal ended
+/// (one interrupted before it could handle Ctrl-C itself) was interrupted, not failed.
 pub fn ending(
     exit: &std::io::Result<ExitStatus>,
     run_dir: Option<&Path>,
     log: &Path,
+    stopping: bool,
 ) -> (MemberStatus, Option<String>) {
     let info = run_dir.and_then(|d| RunInfo::load(&d.join(crate::results::RUN_INFO_FILE)).ok());
     let code = exit.as_ref().ok().and_then(ExitStatus::code);
@@ -31,7 +33,11 @@ pub fn ending(
     if code == Some(0) && status == Some(RunStatus::Completed) {
         return (MemberStatus::Completed, None);
     }
-    if code == Some(INTERRUPTED_EXIT) || status == Some(RunStatus::Interrupted) {
+    let by_signal = exit.as_ref().ok().and_then(signal).is_some();
+    if code == Some(INTERRUPTED_EXIT)
+        || status == Some(RunStatus::Interrupted)
+        || (stopping && by_signal)
+    {
         return (MemberStatus::Interrupted, None);
     }
     let why = info
@@ -199,7 +205,7 @@ mod tests {
         )
         .unwrap();
         let exit = std::process::Command::new("false").status();
-        let (status, error) = ending(&exit, None, &log);
+        let (status, error) = ending(&exit, None, &log, false);
         assert_eq!(status, MemberStatus::Failed);
         let error = error.unwrap();
         assert!(
