@@ -17,7 +17,22 @@ pub fn read(path: &Path) -> Result<StateDict> {
 
 /// Reads every tensor and the string metadata of a safetensors file.
 pub fn read_with_metadata(path: &Path) -> Result<(StateDict, BTreeMap<String, String>)> {
-    let bytes = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    read_selected(path, |_| true)
+}
+
+/// Reads the tensors whose name `keep` accepts, and the string metadata. The file is
+/// memory-mapped, so tensors left out (e.g. a training checkpoint's optimiser moments when
+/// only the weights are wanted) are never read into memory.
+pub fn read_selected(
+    path: &Path,
+    keep: impl Fn(&str) -> bool,
+) -> Result<(StateDict, BTreeMap<String, String>)> {
+    let file = fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    // SAFETY: ddexp replaces weight files by renaming a complete new file over them, which
+    // leaves this mapping's inode intact; another program truncating the file while it is
+    // mapped is outside what any reader can defend against.
+    let bytes = unsafe { memmap2::Mmap::map(&file) }
+        .with_context(|| format!("cannot read {}", path.display()))?;
     let file = SafeTensors::deserialize(&bytes)
         .with_context(|| format!("{} is not a valid safetensors file", path.display()))?;
     let (_, header) = SafeTensors::read_metadata(&bytes)
@@ -31,6 +46,7 @@ pub fn read_with_metadata(path: &Path) -> Result<(StateDict, BTreeMap<String, St
     let tensors = file
         .tensors()
         .into_iter()
+        .filter(|(name, _)| keep(name))
         .map(|(name, view)| {
             let dtype = match view.dtype() {
                 Dtype::F32 => DType::F32,
