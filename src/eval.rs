@@ -167,23 +167,31 @@ pub struct EvalReport {
     pub batch_size: usize,
     pub seq_len: usize,
     pub seed: u64,
-    pub estimates: Vec<SplitEstimate>,
+    #[serde(serialize_with = "serialize_estimates")]
+    pub estimates: Vec<Estimate>,
     /// The run's eval.csv the rows were appended to (run folders only).
     pub eval_csv: Option<PathBuf>,
 }
 
-/// One split's estimate, in bits/token.
-#[derive(Debug, Clone, Serialize)]
-pub struct SplitEstimate {
-    pub split: &'static str,
-    pub kl_bits: f64,
-    pub kl_se: f64,
-    pub recon_bits: f64,
-    pub recon_se: f64,
-    pub bits_per_token: f64,
-    pub se: f64,
-    pub kl_sequences: u64,
-    pub recon_sequences: u64,
+/// One split's estimate in the JSON report, in bits/token.
+#[derive(Serialize)]
+struct SplitEstimate {
+    split: &'static str,
+    kl_bits: f64,
+    kl_se: f64,
+    recon_bits: f64,
+    recon_se: f64,
+    bits_per_token: f64,
+    se: f64,
+    kl_sequences: u64,
+    recon_sequences: u64,
+}
+
+fn serialize_estimates<S: serde::Serializer>(
+    estimates: &[Estimate],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(estimates.iter().map(SplitEstimate::from))
 }
 
 impl From<&Estimate> for SplitEstimate {
@@ -205,7 +213,7 @@ impl From<&Estimate> for SplitEstimate {
 /// `ddexp eval MODEL`: bits/token of a run folder's latest checkpoint or of a model folder on
 /// each split, on the experiment's backend (one device). For a run folder, one row per split
 /// is appended to its eval.csv.
-pub fn evaluate_model(model: &Path, options: &EvalOptions) -> Result<(EvalReport, Vec<Estimate>)> {
+pub fn evaluate_model(model: &Path, options: &EvalOptions) -> Result<EvalReport> {
     let opened = trained::open(model, options.weights)?;
     let experiment = &opened.experiment;
     let corpus = data::open(&opened.dataset(options.data.as_deref())?)?;
@@ -233,10 +241,12 @@ pub fn evaluate_model(model: &Path, options: &EvalOptions) -> Result<(EvalReport
             settings.batch_size
         );
     }
-    // Open the log before the work, so a damaged eval.csv fails now, not after the evaluation.
-    let log = match opened.run_dir() {
-        Some(dir) => Some(RunDir::open(dir)?.log::<EvalRow>()?),
-        None => None,
+    // A damaged eval.csv fails now rather than after the evaluation; a missing one is only
+    // created once there are rows to write.
+    let run = opened.run_dir().map(RunDir::open).transpose()?;
+    let early_log = match &run {
+        Some(run) if run.csv_path::<EvalRow>().exists() => Some(run.log::<EvalRow>()?),
+        _ => None,
     };
     eprintln!("model: {}", opened.describe());
     eprintln!("data: {}", corpus.description());
@@ -248,8 +258,12 @@ pub fn evaluate_model(model: &Path, options: &EvalOptions) -> Result<(EvalReport
     };
     let estimates = backend::run_on_one_device(&experiment.topology, job)?;
 
-    let eval_csv = match log {
-        Some(mut log) => {
+    let eval_csv = match run {
+        Some(run) => {
+            let mut log = match early_log {
+                Some(log) => log,
+                None => run.log::<EvalRow>()?,
+            };
             for estimate in &estimates {
                 log.append(&eval_row(estimate, &settings, &opened))?;
             }
@@ -270,10 +284,10 @@ pub fn evaluate_model(model: &Path, options: &EvalOptions) -> Result<(EvalReport
         batch_size: settings.batch_size,
         seq_len: corpus.seq_len(),
         seed: settings.seed,
-        estimates: estimates.iter().map(SplitEstimate::from).collect(),
+        estimates,
         eval_csv,
     };
-    Ok((report, estimates))
+    Ok(report)
 }
 
 /// Evaluation of each split on the device the experiment names.

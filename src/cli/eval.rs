@@ -56,7 +56,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         weights: args.weights,
         data: args.data,
     };
-    let (report, estimates) = eval::evaluate_model(&args.model, &options)?;
+    let report = eval::evaluate_model(&args.model, &options)?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -69,7 +69,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             report.timesteps,
             report.seed
         );
-        print!("{}", eval::format_estimates(&estimates));
+        print!("{}", eval::format_estimates(&report.estimates));
         if let Some(csv) = &report.eval_csv {
             println!("appended to {}", csv.display());
         }

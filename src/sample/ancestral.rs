@@ -18,6 +18,7 @@ use anyhow::{Result, bail};
 use burn::module::Module;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
+use rand::Rng;
 
 use crate::diffusion::{Diffusion, ReverseMode, sample_categorical};
 use crate::model::Dit;
@@ -155,8 +156,8 @@ pub fn sample_with<B: Backend>(
                 .flat_map(|row| {
                     (0..seq_len)
                         .map(|_| {
-                            let u = rand::Rng::random::<f64>(row);
-                            // ᾱ_T = 0 ≤ u < 1 = ᾱ_0, so the index is in 1..=steps.
+                            let u: f64 = row.random();
+                            // ᾱ_T = 0 ≤ u < 1 = ᾱ_0: the partition point is in 1..=steps.
                             alpha_bar.partition_point(|&a| a <= u) - 1
                         })
                         .collect::<Vec<_>>()
@@ -165,14 +166,18 @@ pub fn sample_with<B: Backend>(
         }
         Sampler::ExactEveryStep | Sampler::Reference => vec![],
     };
+    let mut reveals_per_step = vec![0; grid.len() - 1];
+    for &step in &reveal_step {
+        reveals_per_step[step] += 1;
+    }
 
     for (index, pair) in grid.windows(2).enumerate() {
         let (s, s_prev) = (pair[0], pair[1]);
         let count = match settings.sampler {
             Sampler::Exact => {
-                let now: Vec<bool> = reveal_step.iter().map(|&step| step == index).collect();
-                let count = now.iter().filter(|&&b| b).count();
+                let count = reveals_per_step[index];
                 if count > 0 {
+                    let now: Vec<bool> = reveal_step.iter().map(|&step| step == index).collect();
                     let probs = process.x0_probs(network(x.clone(), s));
                     network_calls += 1;
                     let mut draws = rng::rng(seed, Stream::Sample, &[TOKENS, index as u64]);
@@ -187,9 +192,10 @@ pub fn sample_with<B: Backend>(
                 count
             }
             Sampler::ExactEveryStep | Sampler::Reference => {
-                let mode = match settings.sampler {
-                    Sampler::Reference => ReverseMode::Reference,
-                    _ => ReverseMode::Exact,
+                let mode = if settings.sampler == Sampler::Reference {
+                    ReverseMode::Reference
+                } else {
+                    ReverseMode::Exact
                 };
                 let logits = network(x.clone(), s);
                 network_calls += 1;
