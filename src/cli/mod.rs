@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+mod bench;
 mod data;
 mod eval;
 mod experiments;
@@ -57,6 +58,12 @@ enum Command {
   ddexp sample results/d3pm_text8/2026-11-27T10-00-00 --batch 4
   ddexp sample models/text8 --steps 100 --seed 7 --no-animate")]
     Sample(sample::SampleArgs),
+    /// Time the training step (forward, backward, optimiser) of an experiment.
+    #[command(after_help = "Examples:
+  ddexp bench experiments/quickstart.ron
+  ddexp bench experiments/d3pm_text8.ron --set train.grad_accum=1 --steps 20
+  ddexp bench experiments/d3pm_text8.ron --set topology.backend=Cpu --set train.batch_size=4 --set train.grad_accum=1 --steps 3")]
+    Bench(bench::BenchArgs),
     /// Check experiment files: RON syntax, the JSON Schema, and semantic rules.
     #[command(after_help = "Examples:
   ddexp validate experiments/
@@ -120,6 +127,7 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Sample(args) => sample::run(args),
+        Command::Bench(args) => bench::run(args),
         Command::Validate { paths, overrides } => experiments::validate(&paths, &overrides.set),
         Command::Schema { check, dir } => experiments::schema(check, &dir),
         Command::Report(args) => report::run(args),

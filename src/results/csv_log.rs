@@ -296,12 +296,17 @@ pub fn write_rows<R: CsvRow>(path: &Path, rows: &[R]) -> Result<()> {
 /// Drops the rows with `iter > iter` (logged after the checkpoint a run resumes from),
 /// atomically. A missing file is left missing. Returns the number of rows dropped.
 pub fn truncate_after<R: LogRow>(path: &Path, iter: u64) -> Result<usize> {
+    retain_rows::<R>(path, |row| row.iter() <= iter)
+}
+
+/// Keeps only the rows for which `keep` holds (atomic rewrite); returns how many were dropped.
+pub fn retain_rows<R: LogRow>(path: &Path, keep: impl Fn(&R) -> bool) -> Result<usize> {
     if !path.exists() {
         return Ok(0);
     }
     let rows = read_rows::<R>(path)?;
     let total = rows.len();
-    let kept: Vec<R> = rows.into_iter().filter(|row| row.iter() <= iter).collect();
+    let kept: Vec<R> = rows.into_iter().filter(|row| keep(row)).collect();
     write_rows(path, &kept)?;
     Ok(total - kept.len())
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 use super::atomic::write_atomic;
-use super::csv_log::{CsvLog, EvalRow, LogRow, TrainRow, ValRow, truncate_after};
+use super::csv_log::{CsvLog, EvalRow, LogRow, TrainRow, ValRow, retain_rows, truncate_after};
 use super::loss_chart;
 use super::run_info::{RunInfo, RunStatus, now};
 use crate::spec::{self, Experiment};
@@ -79,10 +79,17 @@ impl RunDir {
     }
 
     /// Prepares a stopped run to continue from the checkpoint at `checkpoint_iter`: refuses a
-    /// run whose process is still alive, drops the CSV rows logged after the checkpoint
+    /// run whose process is still alive or that completed, drops the CSV rows logged after the checkpoint
     /// (so the resumed run neither repeats nor skips rows) and marks the run `running` in this
     /// process.
     pub fn resume(&mut self, checkpoint_iter: u64) -> Result<()> {
+        if self.info.status == RunStatus::Completed {
+            bail!(
+                "{} already completed; nothing to resume (start a new run with `ddexp run {}`)",
+                self.path.display(),
+                self.experiment_path().display()
+            );
+        }
         if self.info.is_live() {
             bail!(
                 "{} is in use: run.json says it is running as process {} on this host, and that process is alive; \
@@ -93,7 +100,11 @@ impl RunDir {
         }
         truncate_after::<TrainRow>(&self.csv_path::<TrainRow>(), checkpoint_iter)?;
         truncate_after::<ValRow>(&self.csv_path::<ValRow>(), checkpoint_iter)?;
-        truncate_after::<EvalRow>(&self.csv_path::<EvalRow>(), checkpoint_iter)?;
+        // Final-evaluation rows at the checkpoint's iteration come from an evaluation that
+        // did not finish with the run; the resumed run writes them again.
+        retain_rows::<EvalRow>(&self.csv_path::<EvalRow>(), |row| {
+            row.iter < checkpoint_iter
+        })?;
         self.info.claim();
         self.info.checkpoint_iter = Some(checkpoint_iter);
         self.save_info()

@@ -4,6 +4,7 @@
 //! the backend), then creates its run folder, trains, evaluates bits/token on the
 //! experiment's splits with the EMA weights, and records how it ended in run.json.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod ema;
 mod interrupt;
