@@ -6,6 +6,7 @@ use anyhow::Result;
 use clap::Args;
 
 use super::{Interrupted, Overrides};
+use crate::eval;
 use crate::spec;
 use crate::train::{self, Ending};
 
@@ -36,7 +37,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     };
     match report.ending {
         Ending::Completed => {
-            print!("{}", train::format_estimates(&report.estimates));
+            print!("{}", eval::format_estimates(&report.estimates));
             println!("results: {}", report.run_dir.display());
             Ok(())
         }
