@@ -38,3 +38,15 @@ pub fn cuda_device(index: usize) -> anyhow::Result<burn::backend::cuda::CudaDevi
         }
     }
 }
+
+/// Bytes the CUDA allocator holds on device `index` right now (what the process costs the
+/// GPU, padding and pooled blocks included).
+#[cfg(feature = "cuda")]
+pub fn cuda_reserved_bytes(index: usize) -> Option<u64> {
+    use burn::cubecl::Runtime;
+    let device = burn::backend::cuda::CudaDevice::new(index);
+    burn::cubecl::cuda::CudaRuntime::client(&device)
+        .memory_usage()
+        .ok()
+        .map(|usage| usage.bytes_reserved)
+}

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+mod bench;
 mod data;
 mod experiments;
 mod import;
@@ -47,6 +48,12 @@ enum Command {
 
 See docs/topology.md for several GPUs and machines.")]
     Run(run::RunArgs),
+    /// Time the training step (forward, backward, optimiser) of an experiment.
+    #[command(after_help = "Examples:
+  ddexp bench experiments/quickstart.ron
+  ddexp bench experiments/d3pm_text8.ron --set train.grad_accum=1 --steps 20
+  ddexp bench experiments/d3pm_text8.ron --set topology.backend=Cpu --set train.batch_size=4 --set train.grad_accum=1 --steps 3")]
+    Bench(bench::BenchArgs),
     /// Check experiment files: RON syntax, the JSON Schema, and semantic rules.
     #[command(after_help = "Examples:
   ddexp validate experiments/
@@ -108,6 +115,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Bench(args) => bench::run(args),
         Command::Validate { paths, overrides } => experiments::validate(&paths, &overrides.set),
         Command::Schema { check, dir } => experiments::schema(check, &dir),
         Command::Report(args) => report::run(args),

@@ -68,6 +68,14 @@ impl DitConfig {
         Ok(())
     }
 
+    /// Number of trainable parameters.
+    pub fn param_count(&self) -> usize {
+        self.param_specs()
+            .iter()
+            .map(|p| p.shape.iter().product::<usize>())
+            .sum()
+    }
+
     pub fn head_dim(&self) -> usize {
         self.n_embed / self.n_heads
     }

@@ -24,7 +24,7 @@ mod sweep_summary;
 #[cfg(test)]
 mod test_support;
 
-pub use atomic::write_atomic;
+pub use atomic::{finish as finish_atomic, temp_path, write_atomic};
 pub use csv_log::{
     CsvLog, CsvRow, EvalRow, LogRow, TrainRow, ValRow, Weights, read_rows, retain_rows,
     truncate_after, write_rows,

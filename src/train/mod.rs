@@ -10,6 +10,7 @@
 //! step (see [`replicas`] and [`collective`]). Node 0's first device is the main replica:
 //! only it writes the run folder. The other nodes [`join`] the run.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod collective;
 pub mod ema;

@@ -432,9 +432,16 @@ fn save<B: AutodiffBackend>(
         ema: model_state_dict(&state.ema.weights, diffusion),
         optimizer,
     };
-    ckpt.save(&dir.join(checkpoint::LATEST))?;
+    let latest = dir.join(checkpoint::LATEST);
+    ckpt.save(&latest)?;
     if best {
-        ckpt.save(&dir.join(checkpoint::BEST))?;
+        // A second name for the same file: later saves replace `latest` by rename, which
+        // leaves this link pointing at the old contents.
+        let best = dir.join(checkpoint::BEST);
+        let tmp = crate::results::temp_path(&best);
+        let linked =
+            std::fs::hard_link(&latest, &tmp).or_else(|_| std::fs::copy(&latest, &tmp).map(drop));
+        crate::results::finish_atomic(&tmp, &best, linked)?;
     }
     // The logs on disk must reach the checkpoint, or a crash could lose rows that the
     // resumed run would not write again.

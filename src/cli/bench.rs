@@ -1,0 +1,32 @@
+//! `ddexp bench`: time the training step of an experiment.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+
+use super::Overrides;
+use crate::spec;
+use crate::train::bench;
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// The experiment whose training step is timed (model, batch, backend).
+    experiment: PathBuf,
+    /// Timed steps.
+    #[arg(long, default_value_t = 10)]
+    steps: u64,
+    /// Untimed steps first (kernel compilation, allocator warm-up).
+    #[arg(long, default_value_t = 2)]
+    warmup: u64,
+    #[command(flatten)]
+    overrides: Overrides,
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    let loaded = spec::load(&args.experiment, &args.overrides.set)?;
+    eprint!("{}", loaded.warnings.render());
+    let report = bench::bench(&loaded, args.steps, args.warmup)?;
+    print!("{}", report.render());
+    Ok(())
+}

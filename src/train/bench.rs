@@ -1,0 +1,186 @@
+//! `ddexp bench`: the speed of the training step (forward, backward, clipping, AdamW, EMA)
+//! of an experiment on its backend, after a warm-up, without writing a run folder.
+//!
+//! The step is exactly the training loop's ([`super::trainer::step`]). Windows come from the
+//! experiment's dataset when it is prepared; otherwise from uniformly random ids of the
+//! dataset's vocabulary, which costs the same compute, so the text8 recipe can be timed on a
+//! GPU machine before the data is there.
+
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use burn::backend::Autodiff;
+use burn::tensor::backend::AutodiffBackend;
+use rand::Rng;
+
+use super::trainer::{State, step};
+use crate::data::{self, GPT2_VOCAB_SIZE, TEXT8_ALPHABET};
+use crate::diffusion::Diffusion;
+use crate::model::DitConfig;
+use crate::rng::{self, Stream};
+use crate::spec::{self, Dataset, Experiment};
+
+/// What `ddexp bench` measured.
+#[derive(Debug, Clone)]
+pub struct BenchReport {
+    pub backend: String,
+    pub data: String,
+    pub parameters: usize,
+    pub tokens_per_step: usize,
+    pub warmup: u64,
+    /// Wall time of each timed step, in milliseconds.
+    pub step_ms: Vec<f64>,
+    /// Peak memory: resident set of the process on CPU, reserved device memory on CUDA.
+    pub peak_memory: Option<(u64, &'static str)>,
+}
+
+impl BenchReport {
+    pub fn mean_ms(&self) -> f64 {
+        self.step_ms.iter().sum::<f64>() / self.step_ms.len() as f64
+    }
+
+    pub fn tokens_per_s(&self) -> f64 {
+        self.tokens_per_step as f64 / (self.mean_ms() / 1e3)
+    }
+
+    pub fn render(&self) -> String {
+        let min = self.step_ms.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = self.step_ms.iter().copied().fold(0.0, f64::max);
+        let memory = match self.peak_memory {
+            Some((bytes, what)) => {
+                format!("{:.1} MiB ({what})", bytes as f64 / (1u64 << 20) as f64)
+            }
+            None => "not measured on this platform".into(),
+        };
+        format!(
+            "backend:     {}\ndata:        {}\nparameters:  {}\ntokens/step: {}\nsteps:       {} timed after {} warm-up\nms/step:     {:.1} (min {:.1}, max {:.1})\ntokens/s:    {:.0}\npeak memory: {memory}\n",
+            self.backend,
+            self.data,
+            self.parameters,
+            self.tokens_per_step,
+            self.step_ms.len(),
+            self.warmup,
+            self.mean_ms(),
+            min,
+            max,
+            self.tokens_per_s(),
+        )
+    }
+}
+
+/// Times `steps` training steps of `loaded` after `warmup` untimed ones.
+pub fn bench(loaded: &spec::Loaded, steps: u64, warmup: u64) -> Result<BenchReport> {
+    loaded.require_runnable()?;
+    if steps == 0 {
+        bail!("--steps must be at least 1");
+    }
+    let experiment = &loaded.experiment;
+    match experiment.topology.backend {
+        spec::Backend::Cpu => {
+            let device = burn::backend::flex::FlexDevice;
+            run::<Autodiff<burn::backend::Flex>>(
+                experiment,
+                steps,
+                warmup,
+                &device,
+                "cpu (flex)".into(),
+                rss_peak,
+            )
+        }
+        spec::Backend::Cuda => cuda(experiment, steps, warmup),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda(experiment: &Experiment, steps: u64, warmup: u64) -> Result<BenchReport> {
+    let index = experiment.topology.devices[0];
+    let device = crate::backend::cuda_device(index)?;
+    let peak = move || {
+        crate::backend::cuda_reserved_bytes(index).map(|b| (b, "reserved by the CUDA allocator"))
+    };
+    run::<Autodiff<crate::backend::Cuda>>(
+        experiment,
+        steps,
+        warmup,
+        &device,
+        format!("cuda:{index}"),
+        peak,
+    )
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda(_: &Experiment, _: u64, _: u64) -> Result<BenchReport> {
+    bail!(spec::cuda_missing_message())
+}
+
+fn run<B: AutodiffBackend>(
+    experiment: &Experiment,
+    steps: u64,
+    warmup: u64,
+    device: &B::Device,
+    backend: String,
+    memory: impl Fn() -> Option<(u64, &'static str)>,
+) -> Result<BenchReport> {
+    let seq_len = experiment.dataset.seq_len();
+    let batch = experiment.train.batch_size;
+    let (vocab, data, corpus) = match data::open(&experiment.dataset) {
+        Ok(corpus) => (
+            corpus.vocab().size(),
+            corpus.description().to_string(),
+            Some(corpus),
+        ),
+        Err(e) => match &experiment.dataset {
+            Dataset::Text8 { .. } => (TEXT8_ALPHABET.chars().count(), random_note(&e), None),
+            Dataset::OpenWebText { .. } => (GPT2_VOCAB_SIZE, random_note(&e), None),
+            Dataset::Text { .. } | Dataset::Synthetic { .. } => return Err(e),
+        },
+    };
+    let config = DitConfig::from_spec(&experiment.network, vocab)?;
+    let diffusion = Diffusion::new(&experiment.model, vocab);
+    let mut state = State::<B>::fresh(experiment, &config, device);
+    let windows = |it: u64, micro: u64| match &corpus {
+        Some(c) => c.train_batch(experiment.seed, it, micro, 0, batch),
+        None => {
+            let mut r = rng::rng(experiment.seed, Stream::TrainWindows, &[it, micro]);
+            (0..batch * seq_len)
+                .map(|_| r.random_range(0..vocab as u32))
+                .collect()
+        }
+    };
+    let mut step_ms = vec![];
+    let mut peak = None::<(u64, &'static str)>;
+    for i in 0..warmup + steps {
+        let started = Instant::now();
+        step(&mut state, experiment, &diffusion, seq_len, windows, device)?;
+        B::sync(device)?;
+        if i >= warmup {
+            step_ms.push(started.elapsed().as_secs_f64() * 1e3);
+        }
+        if let Some((bytes, what)) = memory() {
+            peak = Some((peak.map_or(bytes, |(p, _)| p.max(bytes)), what));
+        }
+    }
+    Ok(BenchReport {
+        backend,
+        data,
+        parameters: config.param_count(),
+        tokens_per_step: experiment.train.grad_accum * batch * seq_len,
+        warmup,
+        step_ms,
+        peak_memory: peak,
+    })
+}
+
+fn random_note(e: &anyhow::Error) -> String {
+    let first = format!("{e:#}");
+    let first = first.lines().next().unwrap_or_default().to_string();
+    format!("random token ids (the dataset is not prepared: {first})")
+}
+
+/// Peak resident set size of this process (Linux: VmHWM in /proc/self/status).
+fn rss_peak() -> Option<(u64, &'static str)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some((kib * 1024, "peak resident set of the process"))
+}
