@@ -47,7 +47,11 @@ fn ddexp() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_ddexp"));
     // A hang anywhere fails within the test's patience, with the collective's own message.
     c.env("DDEXP_COLLECTIVE_TIMEOUT", "120");
-    for var in ["DDEXP_NODE_RANK", "DDEXP_ORCHESTRATOR", "DDEXP_NODE_ADDRESS"] {
+    for var in [
+        "DDEXP_NODE_RANK",
+        "DDEXP_ORCHESTRATOR",
+        "DDEXP_NODE_ADDRESS",
+    ] {
         c.env_remove(var);
     }
     c
@@ -245,7 +249,10 @@ fn assert_same_run(a: &Path, b: &Path) {
         }
     }
     let ckpt = Checkpoint::load(&b.join("checkpoints/latest.safetensors")).unwrap();
-    assert_eq!((ckpt.iteration, ckpt.optimizer_steps), (MAX_ITERS, MAX_ITERS));
+    assert_eq!(
+        (ckpt.iteration, ckpt.optimizer_steps),
+        (MAX_ITERS, MAX_ITERS)
+    );
 }
 
 #[test]
@@ -311,7 +318,13 @@ fn ctrl_c_stops_every_peer_at_the_same_iteration() {
     let running = start(command, dir.path());
     running.wait_for_line("iter 12:");
     let pid = running.child.id().to_string();
-    assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     let (status, err) = running.finish();
     assert_eq!(status.code(), Some(130), "{err}");
 
@@ -327,7 +340,10 @@ fn ctrl_c_stops_every_peer_at_the_same_iteration() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no iteration in: {err}"));
     let ckpt = Checkpoint::load(&run.join("checkpoints/latest.safetensors")).unwrap();
-    assert_eq!(ckpt.iteration, stopped, "the checkpoint is where every peer stopped");
+    assert_eq!(
+        ckpt.iteration, stopped,
+        "the checkpoint is where every peer stopped"
+    );
 
     let out = ddexp()
         .args(["run", "--resume", run.to_str().unwrap()])
@@ -342,19 +358,34 @@ fn ctrl_c_stops_every_peer_at_the_same_iteration() {
 fn a_node_rank_outside_the_topology_is_refused_before_anything_is_written() {
     let dir = workdir();
     let out = ddexp()
-        .args(["run", "dp.ron", "--set", "topology.nodes=2", "--node-rank", "2"])
+        .args([
+            "run",
+            "dp.ron",
+            "--set",
+            "topology.nodes=2",
+            "--node-rank",
+            "2",
+        ])
         .args(["--orchestrator", "127.0.0.1:1"])
         .current_dir(dir.path())
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(text(&out).contains("the ranks are 0 to 1"), "{}", text(&out));
+    assert!(
+        text(&out).contains("the ranks are 0 to 1"),
+        "{}",
+        text(&out)
+    );
     let out = ddexp()
         .args(["run", "dp.ron", "--set", "topology.nodes=2"])
         .current_dir(dir.path())
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(text(&out).contains("no orchestrator address"), "{}", text(&out));
+    assert!(
+        text(&out).contains("no orchestrator address"),
+        "{}",
+        text(&out)
+    );
     assert!(!dir.path().join("results").exists());
 }
