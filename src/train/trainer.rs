@@ -215,7 +215,6 @@ struct Main<'a> {
 /// (`run`) and its starting point (`start`); the others start fresh and receive the main
 /// replica's state once every peer has joined. Every replica runs the same iterations, and
 /// every one returns its (identical) EMA weights.
-#[allow(clippy::too_many_arguments)]
 pub fn train<B: AutodiffBackend>(
     experiment: &Experiment,
     experiment_ron: &str,
