@@ -50,3 +50,36 @@ pub fn cuda_reserved_bytes(index: usize) -> Option<u64> {
         .ok()
         .map(|usage| usage.bytes_reserved)
 }
+
+/// Work that runs on one device of whichever backend an experiment names (evaluation and
+/// sampling; training picks its own autodiff backend).
+pub trait Job {
+    type Output;
+    fn run<B: burn::tensor::backend::Backend>(
+        self,
+        device: &B::Device,
+    ) -> anyhow::Result<Self::Output>;
+}
+
+/// Runs `job` on the first device of `topology`: flex on the CPU, or CUDA device
+/// `topology.devices[0]` (a binary built without the `cuda` feature says how to rebuild).
+pub fn run_on_one_device<J: Job>(
+    topology: &crate::spec::Topology,
+    job: J,
+) -> anyhow::Result<J::Output> {
+    match topology.backend {
+        crate::spec::Backend::Cpu => job.run::<Cpu>(&burn::backend::flex::FlexDevice),
+        crate::spec::Backend::Cuda => run_on_cuda(topology, job),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn run_on_cuda<J: Job>(topology: &crate::spec::Topology, job: J) -> anyhow::Result<J::Output> {
+    let device = cuda_device(topology.devices.first().copied().unwrap_or(0))?;
+    job.run::<Cuda>(&device)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn run_on_cuda<J: Job>(_: &crate::spec::Topology, _: J) -> anyhow::Result<J::Output> {
+    anyhow::bail!(crate::spec::cuda_missing_message())
+}

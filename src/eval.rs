@@ -1,4 +1,5 @@
-//! Bits/token on a split (DESIGN.md §5), and the shorter validation pass of the training loop.
+//! Bits/token on a split (DESIGN.md §5): `ddexp eval`, the final evaluation of a run, and the
+//! shorter validation pass of the training loop.
 //!
 //! The estimator splits the T-step bound into two independent terms:
 //! the KL term, (T − 1) × the mean per-token KL at t uniform in {1, …, T−1}, and the
@@ -8,17 +9,24 @@
 //! of their own, so two evaluations with the same settings see exactly the same tokens.
 
 use std::f64::consts::LN_2;
+use std::path::{Path, PathBuf};
 
+use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
+use indicatif::{ProgressBar, ProgressStyle};
 use rand::Rng;
+use serde::Serialize;
 
-use crate::data::Corpus;
+use crate::backend::{self, Job};
+use crate::data::{self, Corpus};
 use crate::diffusion::{Diffusion, LossStats, Moments};
-use crate::model::Dit;
+use crate::model::{Dit, WeightSet};
+use crate::results::{EvalRow, RunDir, Weights};
 use crate::rng::{self, Stream};
 use crate::spec::Split;
+use crate::trained::{self, Opened};
 
 /// How much of a split to evaluate.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -127,6 +135,258 @@ pub fn estimate<B: Backend>(
         progress(batch + 1, &running);
     }
     running.estimate(split, timesteps)
+}
+
+/// `ddexp eval`'s choices; `None` takes the experiment's eval section.
+#[derive(Debug, Clone, Default)]
+pub struct EvalOptions {
+    pub splits: Option<Vec<Split>>,
+    pub kl_batches: Option<u64>,
+    pub recon_batches: Option<u64>,
+    pub batch_size: Option<usize>,
+    /// Seed of the times and noise; 0 is what a run's own final evaluation uses.
+    pub seed: u64,
+    pub weights: WeightSet,
+    /// Replaces the dataset's folder.
+    pub data: Option<PathBuf>,
+}
+
+/// What `ddexp eval` measured (`--json` prints this).
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalReport {
+    pub model: PathBuf,
+    /// "run folder" or "model folder".
+    pub kind: &'static str,
+    pub weights: WeightSet,
+    /// Optimiser steps behind the weights, when known.
+    pub iteration: Option<u64>,
+    pub dataset: String,
+    pub timesteps: usize,
+    pub kl_batches: u64,
+    pub recon_batches: u64,
+    pub batch_size: usize,
+    pub seq_len: usize,
+    pub seed: u64,
+    #[serde(serialize_with = "serialize_estimates")]
+    pub estimates: Vec<Estimate>,
+    /// The run's eval.csv the rows were appended to (run folders only).
+    pub eval_csv: Option<PathBuf>,
+}
+
+/// One split's estimate in the JSON report, in bits/token.
+#[derive(Serialize)]
+struct SplitEstimate {
+    split: &'static str,
+    kl_bits: f64,
+    kl_se: f64,
+    recon_bits: f64,
+    recon_se: f64,
+    bits_per_token: f64,
+    se: f64,
+    kl_sequences: u64,
+    recon_sequences: u64,
+}
+
+fn serialize_estimates<S: serde::Serializer>(
+    estimates: &[Estimate],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(estimates.iter().map(SplitEstimate::from))
+}
+
+impl From<&Estimate> for SplitEstimate {
+    fn from(e: &Estimate) -> Self {
+        SplitEstimate {
+            split: e.split.name(),
+            kl_bits: e.kl.bits,
+            kl_se: e.kl.std_error,
+            recon_bits: e.recon.bits,
+            recon_se: e.recon.std_error,
+            bits_per_token: e.bits_per_token(),
+            se: e.std_error(),
+            kl_sequences: e.kl.sequences,
+            recon_sequences: e.recon.sequences,
+        }
+    }
+}
+
+/// `ddexp eval MODEL`: bits/token of a run folder's latest checkpoint or of a model folder on
+/// each split, on the experiment's backend (one device). For a run folder, one row per split
+/// is appended to its eval.csv.
+pub fn evaluate_model(model: &Path, options: &EvalOptions) -> Result<EvalReport> {
+    let opened = trained::open(model, options.weights)?;
+    let experiment = &opened.experiment;
+    let corpus = data::open(&opened.dataset(options.data.as_deref())?)?;
+    corpus
+        .check_model_vocab(opened.vocab_size)
+        .with_context(|| format!("evaluating {}", opened.describe()))?;
+    let splits = options
+        .splits
+        .clone()
+        .unwrap_or_else(|| experiment.eval.splits.clone());
+    let settings = EvalSettings {
+        kl_batches: options.kl_batches.unwrap_or(experiment.eval.kl_batches),
+        recon_batches: options
+            .recon_batches
+            .unwrap_or(experiment.eval.recon_batches),
+        batch_size: options.batch_size.unwrap_or(experiment.eval.batch_size),
+        seed: options.seed,
+    };
+    if settings.kl_batches == 0 || settings.recon_batches == 0 || settings.batch_size == 0 {
+        bail!(
+            "the KL term, the reconstruction term and a batch each need at least one: got \
+             {} KL batches, {} reconstruction batches of {} sequences",
+            settings.kl_batches,
+            settings.recon_batches,
+            settings.batch_size
+        );
+    }
+    // A damaged eval.csv fails now rather than after the evaluation; a missing one is only
+    // created once there are rows to write.
+    let run = opened.run_dir().map(RunDir::open).transpose()?;
+    let early_log = match &run {
+        Some(run) if run.csv_path::<EvalRow>().exists() => Some(run.log::<EvalRow>()?),
+        _ => None,
+    };
+    eprintln!("model: {}", opened.describe());
+    eprintln!("data: {}", corpus.description());
+    let job = EvalJob {
+        opened: &opened,
+        corpus: &corpus,
+        splits: &splits,
+        settings,
+    };
+    let estimates = backend::run_on_one_device(&experiment.topology, job)?;
+
+    let eval_csv = match run {
+        Some(run) => {
+            let mut log = match early_log {
+                Some(log) => log,
+                None => run.log::<EvalRow>()?,
+            };
+            for estimate in &estimates {
+                log.append(&eval_row(estimate, &settings, &opened))?;
+            }
+            log.sync()?;
+            Some(log.path().to_path_buf())
+        }
+        None => None,
+    };
+    let report = EvalReport {
+        model: opened.path.clone(),
+        kind: opened.kind(),
+        weights: opened.weights,
+        iteration: opened.iteration(),
+        dataset: corpus.description().to_string(),
+        timesteps: experiment.model.timesteps(),
+        kl_batches: settings.kl_batches,
+        recon_batches: settings.recon_batches,
+        batch_size: settings.batch_size,
+        seq_len: corpus.seq_len(),
+        seed: settings.seed,
+        estimates,
+        eval_csv,
+    };
+    Ok(report)
+}
+
+/// Evaluation of each split on the device the experiment names.
+struct EvalJob<'a> {
+    opened: &'a Opened,
+    corpus: &'a Corpus,
+    splits: &'a [Split],
+    settings: EvalSettings,
+}
+
+impl Job for EvalJob<'_> {
+    type Output = Vec<Estimate>;
+
+    fn run<B: Backend>(self, device: &B::Device) -> Result<Vec<Estimate>> {
+        let model = self.opened.load::<B>(device)?;
+        Ok(self
+            .splits
+            .iter()
+            .map(|&split| {
+                evaluate_with_progress(
+                    &model.net,
+                    &model.diffusion,
+                    self.corpus,
+                    split,
+                    &self.settings,
+                )
+            })
+            .collect())
+    }
+}
+
+fn eval_row(estimate: &Estimate, settings: &EvalSettings, opened: &Opened) -> EvalRow {
+    EvalRow {
+        split: estimate.split,
+        weights: match opened.weights {
+            WeightSet::Ema => Weights::Ema,
+            WeightSet::Model => Weights::Raw,
+        },
+        kl_bits: estimate.kl.bits,
+        kl_se: estimate.kl.std_error,
+        recon_bits: estimate.recon.bits,
+        recon_se: estimate.recon.std_error,
+        bits_per_token: estimate.bits_per_token(),
+        se: estimate.std_error(),
+        kl_batches: settings.kl_batches,
+        recon_batches: settings.recon_batches,
+        batch_size: settings.batch_size as u64,
+        iter: opened.iteration().unwrap_or(0),
+        timestamp: chrono::Local::now().to_rfc3339(),
+    }
+}
+
+/// [`eval::estimate`] with a progress bar showing the running estimate.
+pub fn evaluate_with_progress<B: Backend>(
+    net: &Dit<B>,
+    diffusion: &Diffusion,
+    corpus: &Corpus,
+    split: Split,
+    settings: &EvalSettings,
+) -> Estimate {
+    let bar = ProgressBar::new(settings.kl_batches + settings.recon_batches);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} {bar:30} {pos}/{len} batches | {msg} | eta {eta}")
+            .expect("a valid template"),
+    );
+    bar.set_prefix(format!("eval {split}"));
+    let timesteps = diffusion.timesteps();
+    let estimate = estimate(net, diffusion, corpus, split, settings, |done, running| {
+        bar.set_position(done);
+        let e = running.estimate(split, timesteps);
+        if e.kl.sequences > 1 {
+            bar.set_message(format!(
+                "{:.4} ± {:.4} bits/token",
+                e.bits_per_token(),
+                e.std_error()
+            ));
+        }
+    });
+    bar.finish_and_clear();
+    estimate
+}
+
+/// The final table: one row per split.
+pub fn format_estimates(estimates: &[Estimate]) -> String {
+    let mut s = format!(
+        "{:<6} {:>20} {:>20} {:>20}\n",
+        "split", "KL term (bits)", "recon term (bits)", "bits/token"
+    );
+    for e in estimates {
+        let cell = |v: f64, se: f64| format!("{v:.4} ± {se:.4}");
+        s.push_str(&format!(
+            "{:<6} {:>20} {:>20} {:>20}\n",
+            e.split.name(),
+            cell(e.kl.bits, e.kl.std_error),
+            cell(e.recon.bits, e.recon.std_error),
+            cell(e.bits_per_token(), e.std_error())
+        ));
+    }
+    s
 }
 
 /// The validation pass of the training loop: the training loss and its T-step estimate on

@@ -7,15 +7,19 @@ use clap::{Args, Parser, Subcommand};
 
 mod bench;
 mod data;
+mod eval;
 mod experiments;
 mod import;
 mod report;
 mod run;
+mod sample;
 
 const WORKFLOW: &str = "\
 Workflow:
   ddexp run experiments/quickstart.ron         train (CPU, synthetic corpus), then bits/token
   ddexp run --resume results/<name>/<run>      continue a stopped run exactly
+  ddexp eval results/<name>/<run> --split test  bits/token with standard errors
+  ddexp sample results/<name>/<run> --batch 4   watch text unmask in the terminal
   ddexp validate experiments/                  check experiment files (schema + semantics)
   ddexp data prepare text8                     download and tokenise a corpus into data/
   ddexp schema                                 regenerate schemas/ from the Rust types
@@ -48,6 +52,16 @@ enum Command {
 
 See docs/topology.md for several GPUs and machines.")]
     Run(run::RunArgs),
+    /// Bits/token of a run folder or a model folder, with standard errors.
+    #[command(after_help = "Examples:
+  ddexp eval results/d3pm_text8/2026-11-27T10-00-00 --split test
+  ddexp eval models/text8 --data data/text8 --kl-batches 100 --json")]
+    Eval(eval::EvalArgs),
+    /// Draw text from a run folder or a model folder by ancestral sampling.
+    #[command(after_help = "Examples:
+  ddexp sample results/d3pm_text8/2026-11-27T10-00-00 --batch 4
+  ddexp sample models/text8 --steps 100 --seed 7 --no-animate")]
+    Sample(sample::SampleArgs),
     /// Time the training step (forward, backward, optimiser) of an experiment.
     #[command(after_help = "Examples:
   ddexp bench experiments/quickstart.ron
@@ -115,6 +129,8 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Eval(args) => eval::run(args),
+        Command::Sample(args) => sample::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Validate { paths, overrides } => experiments::validate(&paths, &overrides.set),
         Command::Schema { check, dir } => experiments::schema(check, &dir),

@@ -8,6 +8,7 @@ use anyhow::{Result, bail};
 use clap::Args;
 
 use super::{Interrupted, Overrides};
+use crate::eval;
 use crate::spec;
 use crate::train::launch::Launch;
 use crate::train::{self, Ending};
@@ -83,7 +84,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     };
     match report.ending {
         Ending::Completed => {
-            print!("{}", train::format_estimates(&report.estimates));
+            print!("{}", eval::format_estimates(&report.estimates));
             println!("results: {}", report.run_dir.display());
             Ok(())
         }

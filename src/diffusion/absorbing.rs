@@ -259,13 +259,25 @@ impl D3pmAbsorbing {
         s_prev: &[usize],
         mode: ReverseMode,
     ) -> Tensor<B, 3> {
-        let device = x_s.device();
-        let logits = net.forward(x_s.clone(), times(s, &device));
+        let logits = net.forward(x_s.clone(), times(s, &x_s.device()));
+        self.reverse_log_probs_from_logits(logits, x_s, s, s_prev, mode)
+    }
+
+    /// [`reverse_log_probs`](Self::reverse_log_probs) from the network's output `logits`
+    /// [B, L, K] for `x_s` at times `s`.
+    pub fn reverse_log_probs_from_logits<B: Backend>(
+        &self,
+        logits: Tensor<B, 3>,
+        x_s: Tensor<B, 2, Int>,
+        s: &[usize],
+        s_prev: &[usize],
+        mode: ReverseMode,
+    ) -> Tensor<B, 3> {
         let logits = match mode {
             ReverseMode::Exact => self.remove_mask_column(logits),
             ReverseMode::Reference => logits,
         };
-        let posterior = self.posterior::<B>(s, s_prev, &device);
+        let posterior = self.posterior::<B>(s, s_prev, &x_s.device());
         self.log_posterior(softmax(logits, 2), x_s, &posterior)
     }
 
@@ -280,7 +292,22 @@ impl D3pmAbsorbing {
         mode: ReverseMode,
         rng: &mut impl Rng,
     ) -> Tensor<B, 2, Int> {
-        let log_probs = self.reverse_log_probs(net, x_s.clone(), s, s_prev, mode);
+        let logits = net.forward(x_s.clone(), times(s, &x_s.device()));
+        self.reverse_step_from_logits(logits, x_s, s, s_prev, mode, rng)
+    }
+
+    /// [`reverse_step`](Self::reverse_step) from the network's output `logits` [B, L, K] for
+    /// `x_s` at times `s`.
+    pub fn reverse_step_from_logits<B: Backend>(
+        &self,
+        logits: Tensor<B, 3>,
+        x_s: Tensor<B, 2, Int>,
+        s: &[usize],
+        s_prev: &[usize],
+        mode: ReverseMode,
+        rng: &mut impl Rng,
+    ) -> Tensor<B, 2, Int> {
+        let log_probs = self.reverse_log_probs_from_logits(logits, x_s.clone(), s, s_prev, mode);
         let drawn = sample_categorical(softmax(log_probs, 2), rng);
         match mode {
             ReverseMode::Exact => self.keep_unmasked(x_s, drawn),
@@ -296,10 +323,12 @@ impl D3pmAbsorbing {
         s: &[usize],
     ) -> Tensor<B, 3> {
         let device = x_s.device();
-        softmax(
-            self.remove_mask_column(net.forward(x_s, times(s, &device))),
-            2,
-        )
+        self.x0_probs(net.forward(x_s, times(s, &device)))
+    }
+
+    /// p(x_0) [B, L, K] from the network's output: the softmax with the mask column removed.
+    pub fn x0_probs<B: Backend>(&self, logits: Tensor<B, 3>) -> Tensor<B, 3> {
+        softmax(self.remove_mask_column(logits), 2)
     }
 
     /// Probability that a masked token is unmasked between s and s' < s:

@@ -83,6 +83,38 @@ pub fn model_state_dict<B: Backend>(net: &Dit<B>, diffusion: &Diffusion) -> Stat
 /// Loads `dir` (written by `ddexp import` or by ddexp itself) onto `device`, checking that the
 /// weights fit the experiment's network and process.
 pub fn load_model_folder<B: Backend>(dir: &Path, device: &B::Device) -> Result<LoadedModel<B>> {
+    let info = read_model_info(dir)?;
+    let experiment_path = dir.join(EXPERIMENT_FILE);
+    let experiment_text = fs::read_to_string(&experiment_path)
+        .with_context(|| format!("cannot read {}", experiment_path.display()))?;
+    let experiment: spec::Experiment = ron::from_str(&experiment_text)
+        .with_context(|| format!("{} is not a valid experiment", experiment_path.display()))?;
+
+    let weights_path = dir.join(WEIGHTS_FILE);
+    let weights = StateDict::read_safetensors(&weights_path)?;
+    let (diffusion, net) = network_from_weights(
+        &weights,
+        &experiment,
+        info.num_classes.saturating_sub(1),
+        device,
+    )
+    .with_context(|| {
+        format!(
+            "{} does not fit the network of {}",
+            weights_path.display(),
+            experiment_path.display()
+        )
+    })?;
+    Ok(LoadedModel {
+        experiment,
+        info,
+        diffusion,
+        net,
+    })
+}
+
+/// Reads and checks a model folder's `model.json`.
+pub fn read_model_info(dir: &Path) -> Result<ModelInfo> {
     let info_path = dir.join(INFO_FILE);
     let info_text = fs::read_to_string(&info_path).with_context(|| {
         format!(
@@ -100,33 +132,23 @@ pub fn load_model_folder<B: Backend>(dir: &Path, device: &B::Device) -> Result<L
             info.version
         );
     }
-    let experiment_path = dir.join(EXPERIMENT_FILE);
-    let experiment_text = fs::read_to_string(&experiment_path)
-        .with_context(|| format!("cannot read {}", experiment_path.display()))?;
-    let experiment: spec::Experiment = ron::from_str(&experiment_text)
-        .with_context(|| format!("{} is not a valid experiment", experiment_path.display()))?;
+    Ok(info)
+}
 
-    let weights_path = dir.join(WEIGHTS_FILE);
-    let weights = StateDict::read_safetensors(&weights_path)?;
-    let vocab_size = info.num_classes.saturating_sub(1);
-    let config = DitConfig::from_spec(&experiment.network, vocab_size)
-        .with_context(|| format!("{}", experiment_path.display()))?;
+/// The process and the network of `experiment` for a vocabulary of `vocab_size` tokens, with
+/// the network's weights taken from a D3PM-level state dict (`net.*`, and the schedule
+/// buffers, which must match the process when present).
+pub fn network_from_weights<B: Backend>(
+    weights: &StateDict,
+    experiment: &spec::Experiment,
+    vocab_size: usize,
+    device: &B::Device,
+) -> Result<(Diffusion, Dit<B>)> {
+    let config = DitConfig::from_spec(&experiment.network, vocab_size)?;
     let diffusion = Diffusion::new(&experiment.model, vocab_size);
-    let net = split_checked(&weights, &diffusion)
-        .and_then(|net_weights| Dit::from_state_dict(&config, &net_weights, device))
-        .with_context(|| {
-            format!(
-                "{} does not fit the network of {}",
-                weights_path.display(),
-                experiment_path.display()
-            )
-        })?;
-    Ok(LoadedModel {
-        experiment,
-        info,
-        diffusion,
-        net,
-    })
+    let net_weights = split_checked(weights, &diffusion)?;
+    let net = Dit::from_state_dict(&config, &net_weights, device)?;
+    Ok((diffusion, net))
 }
 
 /// Writes a model folder atomically: everything goes into a temporary sibling folder that is

@@ -17,6 +17,16 @@ pub fn read(path: &Path) -> Result<StateDict> {
 
 /// Reads every tensor and the string metadata of a safetensors file.
 pub fn read_with_metadata(path: &Path) -> Result<(StateDict, BTreeMap<String, String>)> {
+    read_selected(path, |_| true)
+}
+
+/// Reads the tensors whose name `keep` accepts, and the string metadata. The file is
+/// memory-mapped, so tensors left out (e.g. a training checkpoint's optimiser moments when
+/// only the weights are wanted) are never read into memory.
+pub fn read_selected(
+    path: &Path,
+    keep: impl Fn(&str) -> bool,
+) -> Result<(StateDict, BTreeMap<String, String>)> {
     let file = fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
     // SAFETY: ddexp replaces these files by rename, never in place, so the mapped bytes do
     // not change under us; each tensor is copied out before the map is dropped. Mapping
@@ -36,6 +46,7 @@ pub fn read_with_metadata(path: &Path) -> Result<(StateDict, BTreeMap<String, St
     let tensors = file
         .tensors()
         .into_iter()
+        .filter(|(name, _)| keep(name))
         .map(|(name, view)| {
             let dtype = match view.dtype() {
                 Dtype::F32 => DType::F32,

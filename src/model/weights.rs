@@ -89,6 +89,15 @@ impl StateDict {
         tensor_file::read_with_metadata(path)
     }
 
+    /// Reads the tensors of a safetensors file whose name `keep` accepts, and its metadata;
+    /// the others are never loaded.
+    pub fn read_safetensors_selected(
+        path: &std::path::Path,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<(StateDict, BTreeMap<String, String>)> {
+        tensor_file::read_selected(path, keep)
+    }
+
     /// Writes a safetensors file atomically (temporary name in the same folder, then rename).
     pub fn write_safetensors(
         &self,

@@ -20,7 +20,7 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use burn::tensor::TensorData;
 
-use crate::model::StateDict;
+use crate::model::{StateDict, WeightSet};
 
 const FORMAT: &str = "ddexp-checkpoint";
 const VERSION: &str = "1";
@@ -72,33 +72,9 @@ impl Checkpoint {
 
     pub fn load(path: &Path) -> Result<Checkpoint> {
         let (tensors, meta) = StateDict::read_safetensors_with_metadata(path)?;
-        let field = |key: &str| -> Result<&String> {
-            meta.get(key).with_context(|| {
-                format!(
-                    "{} is not a ddexp checkpoint: no `{key}` in its metadata",
-                    path.display()
-                )
-            })
-        };
-        if field("format")? != FORMAT {
-            bail!(
-                "{} is not a ddexp checkpoint (format {:?})",
-                path.display(),
-                field("format")?
-            );
-        }
-        if field("version")? != VERSION {
-            bail!(
-                "{} is a version {} checkpoint; this ddexp reads version {VERSION}",
-                path.display(),
-                field("version")?
-            );
-        }
-        let number = |key: &str| -> Result<u64> {
-            field(key)?
-                .parse()
-                .with_context(|| format!("{}: metadata `{key}` is not a number", path.display()))
-        };
+        let meta = Metadata::checked(path, meta)?;
+        let field = |key: &str| meta.field(key);
+        let number = |key: &str| meta.number(key);
         let best_val_l_t = match meta.get("best_val_l_t") {
             Some(v) => Some(v.parse().with_context(|| {
                 format!(
@@ -133,5 +109,85 @@ impl Checkpoint {
             ema,
             optimizer,
         })
+    }
+}
+
+/// One weight set of a checkpoint, for evaluation and sampling.
+#[derive(Debug, Clone)]
+pub struct CheckpointWeights {
+    pub iteration: u64,
+    /// The resolved experiment the checkpoint was trained with (RON).
+    pub experiment: String,
+    /// The D3PM-level state dict (nanoDD's names: `net.*`, `betas`, `alpha_bars`).
+    pub weights: StateDict,
+}
+
+impl CheckpointWeights {
+    /// Reads the `ema` or `model` weights of a checkpoint and its metadata, leaving the
+    /// other weights and the optimiser moments on disk.
+    pub fn load(path: &Path, which: WeightSet) -> Result<CheckpointWeights> {
+        let prefix = format!("{}.", which.name());
+        let (tensors, meta) =
+            StateDict::read_safetensors_selected(path, |name| name.starts_with(&prefix))?;
+        let meta = Metadata::checked(path, meta)?;
+        let weights = tensors.strip_prefix(&prefix);
+        if weights.is_empty() {
+            bail!(
+                "{} holds no `{prefix}*` tensors: the checkpoint has no {} weights",
+                path.display(),
+                which.name()
+            );
+        }
+        Ok(CheckpointWeights {
+            iteration: meta.number("iteration")?,
+            experiment: meta.field("experiment")?.clone(),
+            weights,
+        })
+    }
+}
+
+/// A checkpoint's string metadata, checked for format and version.
+struct Metadata<'a> {
+    path: &'a Path,
+    meta: BTreeMap<String, String>,
+}
+
+impl<'a> Metadata<'a> {
+    fn checked(path: &'a Path, meta: BTreeMap<String, String>) -> Result<Metadata<'a>> {
+        let meta = Metadata { path, meta };
+        if meta.field("format")? != FORMAT {
+            bail!(
+                "{} is not a ddexp checkpoint (format {:?})",
+                path.display(),
+                meta.field("format")?
+            );
+        }
+        if meta.field("version")? != VERSION {
+            bail!(
+                "{} is a version {} checkpoint; this ddexp reads version {VERSION}",
+                path.display(),
+                meta.field("version")?
+            );
+        }
+        Ok(meta)
+    }
+
+    fn get(&self, key: &str) -> Option<&String> {
+        self.meta.get(key)
+    }
+
+    fn field(&self, key: &str) -> Result<&String> {
+        self.meta.get(key).with_context(|| {
+            format!(
+                "{} is not a ddexp checkpoint: no `{key}` in its metadata",
+                self.path.display()
+            )
+        })
+    }
+
+    fn number(&self, key: &str) -> Result<u64> {
+        self.field(key)?
+            .parse()
+            .with_context(|| format!("{}: metadata `{key}` is not a number", self.path.display()))
     }
 }

@@ -24,8 +24,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use burn::backend::Autodiff;
-use burn::tensor::backend::{AutodiffBackend, Backend};
-use indicatif::{ProgressBar, ProgressStyle};
+use burn::tensor::backend::AutodiffBackend;
 
 use collective::{Group, Peer};
 use launch::{Launch, Placement};
@@ -283,7 +282,8 @@ fn train_and_evaluate<B: AutodiffBackend>(
     let mut log = run.log::<EvalRow>()?;
     let mut estimates = vec![];
     for &split in &experiment.eval.splits {
-        let estimate = evaluate_with_progress(&trained.ema, &diffusion, corpus, split, &settings);
+        let estimate =
+            eval::evaluate_with_progress(&trained.ema, &diffusion, corpus, split, &settings);
         log.append(&EvalRow {
             split,
             weights: Weights::Ema,
@@ -391,53 +391,4 @@ fn train_replicas<B: AutodiffBackend>(
         return Err(e);
     }
     Ok(trained.expect("one replica per device"))
-}
-
-/// [`eval::estimate`] with a progress bar showing the running estimate.
-pub fn evaluate_with_progress<B: Backend>(
-    net: &crate::model::Dit<B>,
-    diffusion: &Diffusion,
-    corpus: &Corpus,
-    split: spec::Split,
-    settings: &EvalSettings,
-) -> Estimate {
-    let bar = ProgressBar::new(settings.kl_batches + settings.recon_batches);
-    bar.set_style(
-        ProgressStyle::with_template("{prefix} {bar:30} {pos}/{len} batches | {msg} | eta {eta}")
-            .expect("a valid template"),
-    );
-    bar.set_prefix(format!("eval {split}"));
-    let timesteps = diffusion.timesteps();
-    let estimate = eval::estimate(net, diffusion, corpus, split, settings, |done, running| {
-        bar.set_position(done);
-        let e = running.estimate(split, timesteps);
-        if e.kl.sequences > 1 {
-            bar.set_message(format!(
-                "{:.4} ± {:.4} bits/token",
-                e.bits_per_token(),
-                e.std_error()
-            ));
-        }
-    });
-    bar.finish_and_clear();
-    estimate
-}
-
-/// The final table: one row per split.
-pub fn format_estimates(estimates: &[Estimate]) -> String {
-    let mut s = format!(
-        "{:<6} {:>20} {:>20} {:>20}\n",
-        "split", "KL term (bits)", "recon term (bits)", "bits/token"
-    );
-    for e in estimates {
-        let cell = |v: f64, se: f64| format!("{v:.4} ± {se:.4}");
-        s.push_str(&format!(
-            "{:<6} {:>20} {:>20} {:>20}\n",
-            e.split.name(),
-            cell(e.kl.bits, e.kl.std_error),
-            cell(e.recon.bits, e.recon.std_error),
-            cell(e.bits_per_token(), e.std_error())
-        ));
-    }
-    s
 }

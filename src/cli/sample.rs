@@ -1,0 +1,83 @@
+//! `ddexp sample`: text from a run folder or a model folder.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+
+use crate::model::WeightSet;
+use crate::sample::{self, SampleOptions, Sampler};
+
+#[derive(Debug, Args)]
+pub struct SampleArgs {
+    /// A run folder (results/<experiment>/<run>) or a model folder (from `ddexp import`).
+    model: PathBuf,
+    /// Sequences to draw.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    batch: u64,
+    /// Tokens per sequence (default: the experiment's seq_len).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    seq_len: Option<u64>,
+    /// Reverse steps on an evenly spaced grid of times (default: T, exact ancestral sampling).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    steps: Option<u64>,
+    /// Seed of every random draw.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// nanoDD's sampler: mask column kept in p(x_0), network at every step, every position
+    /// redrawn at the last step.
+    #[arg(long, conflicts_with = "every_step")]
+    reference_sampler: bool,
+    /// Call the network at every step even where no position unmasks (the same samples in
+    /// distribution, slower; the baseline of the fast exact sampler).
+    #[arg(long)]
+    every_step: bool,
+    /// Print only the final text, even in a terminal.
+    #[arg(long)]
+    no_animate: bool,
+    /// Append the samples to FILE instead of the model folder's samples.txt.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// Which weights: the EMA or the raw training weights.
+    #[arg(long, value_enum, default_value_t = WeightSet::Ema)]
+    weights: WeightSet,
+    /// The dataset folder, replacing the one the experiment names (character corpora are
+    /// decoded with its vocabulary).
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+}
+
+pub fn run(args: SampleArgs) -> Result<()> {
+    let sampler = if args.reference_sampler {
+        Sampler::Reference
+    } else if args.every_step {
+        Sampler::ExactEveryStep
+    } else {
+        Sampler::Exact
+    };
+    let options = SampleOptions {
+        batch: args.batch as usize,
+        seq_len: args.seq_len.map(|l| l as usize),
+        steps: args.steps.map(|s| s as usize),
+        seed: args.seed,
+        sampler,
+        weights: args.weights,
+        animate: !args.no_animate && std::io::stdout().is_terminal(),
+        out: args.out,
+        data: args.data,
+    };
+    let report = sample::sample_model(&args.model, &options)?;
+    print!("{}", sample::format_texts(&report.texts));
+    eprintln!(
+        "{} × {} tokens, {} steps ({} sampler): {} network calls in {:.2} s; appended to {}",
+        report.settings.batch,
+        report.settings.seq_len,
+        report.settings.steps,
+        report.settings.sampler.name(),
+        report.sampled.network_calls,
+        report.elapsed.as_secs_f64(),
+        report.written_to.display()
+    );
+    Ok(())
+}
