@@ -399,25 +399,47 @@ pub fn validation_loss<B: Backend>(
     batches: u64,
     batch_size: usize,
 ) -> (LossStats, f64) {
+    let stats = validation_batches(net, diffusion, corpus, 0..batches, batch_size);
+    summarise_validation(&stats)
+}
+
+/// The statistics of some batches of the validation pass (each batch is the same whoever
+/// evaluates it, so replicas can share the pass).
+pub fn validation_batches<B: Backend>(
+    net: &Dit<B>,
+    diffusion: &Diffusion,
+    corpus: &Corpus,
+    batches: impl Iterator<Item = u64>,
+    batch_size: usize,
+) -> Vec<LossStats> {
     let device = net.devices()[0].clone();
     let timesteps = diffusion.timesteps();
+    batches
+        .map(|batch| {
+            let mut rng = rng::rng(0, Stream::Validation, &[batch, 0]);
+            let times: Vec<usize> = (0..batch_size)
+                .map(|_| rng.random_range(0..timesteps))
+                .collect();
+            let x0 = batch_tensor::<B>(corpus, Split::Val, batch, batch_size, &device);
+            let mut noise = rng::rows(0, Stream::Validation, &[batch, 1], 0..batch_size as u64);
+            diffusion.loss(net, x0, &times, &mut noise).stats()
+        })
+        .collect()
+}
+
+/// The validation result from the statistics of its batches, in batch order: the merged
+/// statistics and the standard error of bits/token over batches.
+pub fn summarise_validation(batches: &[LossStats]) -> (LossStats, f64) {
     let mut total = LossStats::default();
     let mut per_batch = Moments::default();
-    for batch in 0..batches {
-        let mut rng = rng::rng(0, Stream::Validation, &[batch, 0]);
-        let times: Vec<usize> = (0..batch_size)
-            .map(|_| rng.random_range(0..timesteps))
-            .collect();
-        let x0 = batch_tensor::<B>(corpus, Split::Val, batch, batch_size, &device);
-        let mut noise = rng::rows(0, Stream::Validation, &[batch, 1], 0..batch_size as u64);
-        let stats = diffusion.loss(net, x0, &times, &mut noise).stats();
+    for stats in batches {
         let bits = stats.bits_per_token();
         per_batch.merge(&Moments {
             count: 1,
             sum: bits,
             sum_sq: bits * bits,
         });
-        total.merge(&stats);
+        total.merge(stats);
     }
     (total, per_batch.std_error())
 }

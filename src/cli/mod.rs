@@ -48,7 +48,11 @@ enum Command {
     #[command(after_help = "Examples:
   ddexp run experiments/quickstart.ron
   ddexp run experiments/d3pm_text8.ron --set train.lr=3e-4 --set seed=2
-  ddexp run --resume results/d3pm_text8/2026-11-27T10-00-00")]
+  ddexp run --resume results/d3pm_text8/2026-11-27T10-00-00
+  ddexp run e.ron --set \"topology.devices=[0, 1, 2, 3]\"      # 4 GPUs (or CPU peers)
+  ddexp run e.ron --node-rank 1 --orchestrator 10.0.0.1:29500   # node 1 of topology.nodes
+
+See docs/topology.md for several GPUs and machines.")]
     Run(run::RunArgs),
     /// Bits/token of a run folder or a model folder, with standard errors.
     #[command(after_help = "Examples:

@@ -287,8 +287,9 @@ fn chunks<B: Backend, const N: usize>(x: Tensor<B, 3>) -> [Tensor<B, 3>; N] {
 ///
 /// Burn's dropout draws from the backend's own generator (`Backend::seed`). On flex that is
 /// one generator per process, consumed in operation order: deterministic for one training
-/// thread, but several CPU peers in one process share it, so their masks then depend on
-/// thread timing. On CUDA the generator is also global to the process.
+/// thread; replicas training in one process share it, so the training step holds a lock
+/// from this call to the end of the forward when dropout is on. On CUDA the generator is
+/// also global to the process.
 pub fn seed_dropout<B: Backend>(
     device: &B::Device,
     seed: u64,

@@ -1,7 +1,8 @@
 //! `ddexp bench`: the speed of the training step (forward, backward, clipping, AdamW, EMA)
 //! of an experiment on its backend, after a warm-up, without writing a run folder.
 //!
-//! The step is exactly the training loop's ([`super::trainer::step`]). Windows come from the
+//! The step is exactly the training loop's ([`super::trainer::step`]) for one replica on the
+//! first device of the topology (without the all-reduce of several replicas). Windows come from the
 //! experiment's dataset when it is prepared; otherwise from uniformly random ids of the
 //! dataset's vocabulary, which costs the same compute, so the text8 recipe can be timed on a
 //! GPU machine before the data is there.
@@ -13,6 +14,7 @@ use burn::backend::Autodiff;
 use burn::tensor::backend::AutodiffBackend;
 use rand::Rng;
 
+use super::collective::Peer;
 use super::trainer::{State, step};
 use crate::data::{self, GPT2_VOCAB_SIZE, TEXT8_ALPHABET};
 use crate::diffusion::Diffusion;
@@ -151,7 +153,15 @@ fn run<B: AutodiffBackend>(
     let mut peak = None::<(u64, &'static str)>;
     for i in 0..warmup + steps {
         let started = Instant::now();
-        step(&mut state, experiment, &diffusion, seq_len, windows, device)?;
+        step(
+            &mut state,
+            experiment,
+            &diffusion,
+            seq_len,
+            windows,
+            device,
+            &Peer::solo(),
+        )?;
         B::sync(device)?;
         if i >= warmup {
             step_ms.push(started.elapsed().as_secs_f64() * 1e3);

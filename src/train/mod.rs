@@ -1,14 +1,23 @@
 //! Training runs: `ddexp run` from an experiment, `ddexp run --resume` from a run folder.
 //!
 //! A run validates everything it can before it writes anything (the experiment, the data,
-//! the backend), then creates its run folder, trains, evaluates bits/token on the
-//! experiment's splits with the EMA weights, and records how it ended in run.json.
+//! the backend, its place in the topology), then creates its run folder, trains, evaluates
+//! bits/token on the experiment's splits with the EMA weights, and records how it ended in
+//! run.json.
+//!
+//! With several devices or nodes (`topology`), each device holds a model replica trained by
+//! a thread of its own; the replicas average their gradients through burn-collective every
+//! step (see [`replicas`] and [`collective`]). Node 0's first device is the main replica:
+//! only it writes the run folder. The other nodes [`join`] the run.
 
 pub mod bench;
 pub mod checkpoint;
+pub mod collective;
 pub mod ema;
 mod interrupt;
+pub mod launch;
 pub mod optimizer;
+mod replicas;
 mod trainer;
 
 use std::path::{Path, PathBuf};
@@ -17,6 +26,9 @@ use anyhow::{Context, Result, bail};
 use burn::backend::Autodiff;
 use burn::tensor::backend::AutodiffBackend;
 
+use collective::{Group, Peer};
+use launch::{Launch, Placement};
+
 use crate::data::{self, Corpus};
 use crate::diffusion::Diffusion;
 use crate::eval::{self, Estimate, EvalSettings};
@@ -24,7 +36,7 @@ use crate::results::{EvalRow, RunDir, RunStatus, Weights};
 use crate::spec::{self, Experiment};
 use checkpoint::Checkpoint;
 pub use trainer::Ending;
-use trainer::Start;
+use trainer::{Start, Trained};
 
 /// How a `ddexp run` ended.
 #[derive(Debug)]
@@ -35,22 +47,35 @@ pub struct RunReport {
     pub estimates: Vec<Estimate>,
 }
 
-/// Starts a new run of a validated experiment under `results_root`.
+/// Starts a new run of a validated experiment under `results_root`, on one node.
 pub fn run(loaded: &spec::Loaded, results_root: &Path) -> Result<RunReport> {
+    run_with(loaded, results_root, &Launch::default())
+}
+
+/// [`run`] on node 0 of the experiment's topology (`launch` gives the node's place).
+pub fn run_with(loaded: &spec::Loaded, results_root: &Path, launch: &Launch) -> Result<RunReport> {
     loaded.require_runnable()?;
     let experiment = &loaded.experiment;
+    let placement = main_placement(experiment, launch)?;
     let corpus = data::open(&experiment.dataset)?;
     let run = RunDir::create(results_root, experiment)?;
     eprintln!("run folder: {}", run.path().display());
-    drive(experiment, &corpus, run, Start::Fresh)
+    drive(experiment, &corpus, run, Start::Fresh, &placement)
 }
 
-/// Continues a stopped or killed run from its latest checkpoint.
+/// Continues a stopped or killed run from its latest checkpoint, on one node.
 pub fn resume(run_dir: &Path) -> Result<RunReport> {
+    resume_with(run_dir, &Launch::default())
+}
+
+/// [`resume`] on node 0 of the run's topology; the other nodes [`join`] it as they did at the
+/// start, and receive the checkpoint's state from node 0.
+pub fn resume_with(run_dir: &Path, launch: &Launch) -> Result<RunReport> {
     let mut run = RunDir::open(run_dir)?;
     let loaded = spec::load(&run.experiment_path(), &[])?;
     loaded.require_runnable()?;
     let experiment = &loaded.experiment;
+    let placement = main_placement(experiment, launch)?;
     let latest = run.checkpoints_dir().join(checkpoint::LATEST);
     if !latest.is_file() {
         bail!(
@@ -75,7 +100,51 @@ pub fn resume(run_dir: &Path) -> Result<RunReport> {
         run.path().display(),
         ckpt.iteration
     );
-    drive(experiment, &corpus, run, Start::Resume(Box::new(ckpt)))
+    drive(
+        experiment,
+        &corpus,
+        run,
+        Start::Resume(Box::new(ckpt)),
+        &placement,
+    )
+}
+
+/// Node `launch.node_rank` (1 or more) of a multi-node run: trains its replicas with the
+/// other nodes. Node 0 owns the run folder, so nothing is written here; this node needs the
+/// experiment (the same file and overrides as node 0) and the dataset. A resumed run is
+/// joined the same way: the state comes from node 0.
+pub fn join(loaded: &spec::Loaded, launch: &Launch) -> Result<Ending> {
+    loaded.require_runnable()?;
+    let experiment = &loaded.experiment;
+    let placement = Placement::new(&experiment.topology, launch)?;
+    if placement.is_main() {
+        bail!("node 0 owns the run folder: start it with `ddexp run` (or `ddexp run --resume`)");
+    }
+    let corpus = data::open(&experiment.dataset)?;
+    eprintln!(
+        "node {} of {}: replicas {}..{} of {}; node 0 logs and writes the checkpoints",
+        placement.node_rank,
+        experiment.topology.nodes,
+        placement.first_rank,
+        placement.first_rank + placement.devices.len(),
+        placement.world
+    );
+    interrupt::install();
+    let (ending, _) = guarded(|| on_backend(experiment, &corpus, None, Start::Fresh, &placement))?;
+    Ok(ending)
+}
+
+/// The placement of the node that writes the run folder.
+fn main_placement(experiment: &Experiment, launch: &Launch) -> Result<Placement> {
+    let placement = Placement::new(&experiment.topology, launch)?;
+    if !placement.is_main() {
+        bail!(
+            "node {} does not keep a run folder: it joins node 0's run with `ddexp run <experiment> --node-rank {}` (the same command for a resumed run)",
+            placement.node_rank,
+            placement.node_rank
+        );
+    }
+    Ok(placement)
 }
 
 /// Trains and evaluates on the experiment's backend, recording the outcome in run.json.
@@ -84,19 +153,10 @@ fn drive(
     corpus: &Corpus,
     mut run: RunDir,
     start: Start,
+    placement: &Placement,
 ) -> Result<RunReport> {
     interrupt::install();
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        on_backend(experiment, corpus, &mut run, start)
-    }))
-    .unwrap_or_else(|panic| {
-        let message = panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "unknown panic".into());
-        Err(anyhow::anyhow!("internal error: {message}"))
-    });
+    let outcome = guarded(|| on_backend(experiment, corpus, Some(&mut run), start, placement));
     match outcome {
         Ok((Ending::Completed, estimates)) => {
             run.finish(RunStatus::Completed, None)?;
@@ -121,28 +181,40 @@ fn drive(
     }
 }
 
+/// `f`, with a panic turned into an error.
+fn guarded<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        Err(anyhow::anyhow!(
+            "internal error: {}",
+            panic_message(&*panic)
+        ))
+    })
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
 fn on_backend(
     experiment: &Experiment,
     corpus: &Corpus,
-    run: &mut RunDir,
+    run: Option<&mut RunDir>,
     start: Start,
+    placement: &Placement,
 ) -> Result<(Ending, Vec<Estimate>)> {
-    let topology = &experiment.topology;
-    if topology.devices.len() > 1 || topology.nodes > 1 {
-        bail!(
-            "this ddexp trains on one device; topology.devices lists {} and topology.nodes is {}",
-            topology.devices.len(),
-            topology.nodes
-        );
-    }
-    match topology.backend {
+    match experiment.topology.backend {
         spec::Backend::Cpu => {
-            let device = burn::backend::flex::FlexDevice;
+            // CPU peers all compute on the one flex device: a testbed for the parallel path.
+            let devices = vec![burn::backend::flex::FlexDevice; placement.devices.len()];
             train_and_evaluate::<Autodiff<burn::backend::Flex>>(
-                experiment, corpus, run, start, &device,
+                experiment, corpus, run, start, &devices, placement,
             )
         }
-        spec::Backend::Cuda => cuda(experiment, corpus, run, start),
+        spec::Backend::Cuda => cuda(experiment, corpus, run, start, placement),
     }
 }
 
@@ -150,27 +222,53 @@ fn on_backend(
 fn cuda(
     experiment: &Experiment,
     corpus: &Corpus,
-    run: &mut RunDir,
+    run: Option<&mut RunDir>,
     start: Start,
+    placement: &Placement,
 ) -> Result<(Ending, Vec<Estimate>)> {
-    let device = crate::backend::cuda_device(experiment.topology.devices[0])?;
-    train_and_evaluate::<Autodiff<crate::backend::Cuda>>(experiment, corpus, run, start, &device)
+    let devices = placement
+        .devices
+        .iter()
+        .map(|&i| crate::backend::cuda_device(i))
+        .collect::<Result<Vec<_>>>()?;
+    train_and_evaluate::<Autodiff<crate::backend::Cuda>>(
+        experiment, corpus, run, start, &devices, placement,
+    )
 }
 
 #[cfg(not(feature = "cuda"))]
-fn cuda(_: &Experiment, _: &Corpus, _: &mut RunDir, _: Start) -> Result<(Ending, Vec<Estimate>)> {
+fn cuda(
+    _: &Experiment,
+    _: &Corpus,
+    _: Option<&mut RunDir>,
+    _: Start,
+    _: &Placement,
+) -> Result<(Ending, Vec<Estimate>)> {
     bail!(spec::cuda_missing_message())
 }
 
+/// Trains on this node's devices; the main replica then evaluates the EMA weights.
 fn train_and_evaluate<B: AutodiffBackend>(
     experiment: &Experiment,
     corpus: &Corpus,
-    run: &mut RunDir,
+    mut run: Option<&mut RunDir>,
     start: Start,
-    device: &B::Device,
+    devices: &[B::Device],
+    placement: &Placement,
 ) -> Result<(Ending, Vec<Estimate>)> {
     let ron = spec::to_ron(experiment);
-    let trained = trainer::train::<B>(experiment, &ron, corpus, run, start, device)?;
+    let trained = train_replicas::<B>(
+        experiment,
+        &ron,
+        corpus,
+        run.as_deref_mut(),
+        start,
+        devices,
+        placement,
+    )?;
+    let Some(run) = run else {
+        return Ok((trained.ending, vec![]));
+    };
     if trained.ending != Ending::Completed {
         return Ok((trained.ending, vec![]));
     }
@@ -206,4 +304,91 @@ fn train_and_evaluate<B: AutodiffBackend>(
     log.sync()?;
     run.redraw_loss_chart().context("drawing loss.png")?;
     Ok((Ending::Completed, estimates))
+}
+
+/// One replica per device, each trained by a thread of its own (the calling thread alone
+/// for a one-device run). Returns the first local replica's result; when replicas fail,
+/// the error that caused the others'.
+fn train_replicas<B: AutodiffBackend>(
+    experiment: &Experiment,
+    ron: &str,
+    corpus: &Corpus,
+    run: Option<&mut RunDir>,
+    start: Start,
+    devices: &[B::Device],
+    placement: &Placement,
+) -> Result<Trained<B>> {
+    if placement.world == 1 {
+        let mut peer = Peer::solo();
+        return trainer::train::<B>(experiment, ron, corpus, run, start, &devices[0], &mut peer);
+    }
+    if let Some(port) = placement.hosts_orchestrator {
+        launch::host_orchestrator(port)?;
+    }
+    if placement.global.is_some() {
+        launch::quiet_burn_logs();
+    }
+    let group = Group::<B::InnerBackend>::new(
+        placement.first_rank,
+        devices.len(),
+        placement.world,
+        placement.global.as_ref(),
+        placement.timeout,
+    )?;
+    let mut run = run;
+    let mut start = Some(start);
+    let results: Vec<Result<Trained<B>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = group
+            .peers()
+            .into_iter()
+            .zip(devices)
+            .map(|(mut peer, device)| {
+                let main = peer.rank() == 0;
+                let run = if main { run.take() } else { None };
+                let start = match main {
+                    true => start.take().unwrap_or(Start::Fresh),
+                    false => Start::Fresh,
+                };
+                std::thread::Builder::new()
+                    .name(format!("ddexp-replica-{}", peer.rank()))
+                    .spawn_scoped(scope, move || {
+                        let trained = trainer::train::<B>(
+                            experiment, ron, corpus, run, start, device, &mut peer,
+                        )
+                        .with_context(|| format!("replica {}", peer.rank()))?;
+                        if let Err(e) = peer.finish() {
+                            eprintln!("warning: leaving the collective after training: {e:#}");
+                        }
+                        Ok(trained)
+                    })
+                    .expect("spawning a replica thread")
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|panic| {
+                    Err(anyhow::anyhow!(
+                        "internal error in a replica: {}",
+                        panic_message(&*panic)
+                    ))
+                })
+            })
+            .collect()
+    });
+    drop(group);
+    let mut trained = None;
+    let mut errors = vec![];
+    for result in results {
+        match result {
+            Ok(t) => {
+                trained.get_or_insert(t);
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    if let Some(e) = collective::root_cause(errors) {
+        return Err(e);
+    }
+    Ok(trained.expect("one replica per device"))
 }

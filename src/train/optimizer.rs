@@ -80,6 +80,24 @@ impl<B: Backend> AdamW<B> {
         module.map(&mut mapper)
     }
 
+    /// The first and second moments of the parameter at module path `path`, if it has had a
+    /// gradient.
+    pub fn moments_of(&self, path: &str) -> Option<(Tensor<B, 1>, Tensor<B, 1>)> {
+        self.moments
+            .get(path)
+            .map(|mo| (mo.m.clone(), mo.v.clone()))
+    }
+
+    /// Replaces the whole state: `step` updates taken, and (path, m, v) for every parameter
+    /// that has had a gradient. For replicas that adopt another replica's state.
+    pub fn restore(&mut self, step: u64, moments: Vec<(String, Tensor<B, 1>, Tensor<B, 1>)>) {
+        self.step = step;
+        self.moments = moments
+            .into_iter()
+            .map(|(path, m, v)| (path, Moments { m, v }))
+            .collect();
+    }
+
     /// The state as named host tensors (`m.<path>`, `v.<path>`), for checkpoints.
     pub fn state(&self) -> (u64, Vec<(String, TensorData)>) {
         let mut tensors = vec![];

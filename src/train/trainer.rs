@@ -1,12 +1,15 @@
 //! The training loop, generic over the backend: micro-batches with gradient accumulation,
 //! clipping, AdamW, EMA, logging, validation, checkpoints, and clean stops.
 //!
-//! One iteration (optimiser step `it`, counted from 0), in [`step`]:
-//!   for each micro-step: draw the windows, times and noise of (seed, it, micro), seed
-//!   dropout, compute the loss, backpropagate loss / grad_accum, accumulate the gradients;
-//!   clip by the global norm; stop if the loss or the norm is not finite; AdamW step at
-//!   lr(it); fold the weights into the EMA. Then, in [`train`]: log, validate, checkpoint.
+//! One iteration (optimiser step `it`, counted from 0), in [`step`], on every replica:
+//!   for each micro-step: draw this replica's windows, times and noise of (seed, it, micro),
+//!   seed dropout, compute the loss, backpropagate loss / (grad_accum · world), accumulate
+//!   the gradients; sum gradients, loss statistics and stop requests over the replicas
+//!   (see [`super::replicas`]); clip by the global norm; stop if the loss or the norm is not
+//!   finite; AdamW step at lr(it); fold the weights into the EMA. Then, in [`train`]:
+//!   validate (shared by the replicas), and on the main replica log and checkpoint.
 
+use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -17,12 +20,13 @@ use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::checkpoint::{self, Checkpoint};
+use super::collective::Peer;
 use super::ema::Ema;
 use super::interrupt;
 use super::optimizer::{AdamW, clip_grad_norm, learning_rate};
+use super::replicas;
 use crate::data::Corpus;
 use crate::diffusion::{Diffusion, LossStats, local_times, sample_times};
-use crate::eval::validation_loss;
 use crate::model::{Dit, DitConfig, StateDict, model_state_dict, seed_dropout};
 use crate::results::{CsvLog, RunDir, TrainRow, ValRow, Weights};
 use crate::rng::{self, Stream};
@@ -102,16 +106,26 @@ impl<B: AutodiffBackend> State<B> {
     }
 }
 
-/// What one optimiser step measured.
+/// What one optimiser step measured (over the global batch).
 pub struct StepReport {
     pub stats: LossStats,
     pub grad_norm: f64,
     pub lr: f64,
+    /// Some replica was asked to stop (Ctrl-C): every replica stops after this step.
+    pub stop: bool,
 }
 
-/// One optimiser step at iteration `state.iteration`, reading micro-batch `micro` of the
-/// step from `batch(iteration, micro)` (row-major [batch_size, seq_len] token ids).
-/// Fails, without updating the weights, when the loss or the gradient norm is not finite.
+/// Serialises the forward passes of replicas in one process while dropout is on. Burn's
+/// dropout draws from one generator per process (see [`seed_dropout`]): holding this from
+/// seeding to the end of the forward makes each replica's masks a function of (seed,
+/// iteration, micro-step, rank) whatever the threads' timing. The forward only launches
+/// work on a GPU, so the GPUs still compute in parallel; CPU peers take turns.
+static DROPOUT_DRAWS: Mutex<()> = Mutex::new(());
+
+/// One optimiser step at iteration `state.iteration` for the replica `peer`, reading its
+/// micro-batch `micro` of the step from `batch(iteration, micro)` (row-major
+/// [batch_size, seq_len] token ids). Fails, without updating the weights, when the loss or
+/// the gradient norm of the global batch is not finite.
 pub fn step<B: AutodiffBackend>(
     state: &mut State<B>,
     experiment: &Experiment,
@@ -119,8 +133,10 @@ pub fn step<B: AutodiffBackend>(
     seq_len: usize,
     batch: impl Fn(u64, u64) -> Vec<u32>,
     device: &B::Device,
+    peer: &Peer<B::InnerBackend>,
 ) -> Result<StepReport> {
     let t = &experiment.train;
+    let (rank, world) = (peer.rank(), peer.world());
     let it = state.iteration;
     let lr = learning_rate(t, it);
     let times = sample_times(
@@ -130,23 +146,39 @@ pub fn step<B: AutodiffBackend>(
         experiment.global_batch(),
         diffusion.timesteps(),
     );
+    let dropout = experiment.network.dropout > 0.0;
     let mut accumulator = GradientsAccumulator::<Dit<B>>::new();
     let mut stats = LossStats::default();
     for micro in 0..t.grad_accum {
-        let local = local_times(&times, micro, 0, 1, t.batch_size);
+        let local = local_times(&times, micro, rank, world, t.batch_size);
         let x0 = ids_tensor::<B>(&batch(it, micro as u64), t.batch_size, seq_len, device);
-        seed_dropout::<B>(device, experiment.seed, it, micro as u64, 0);
-        let rows = 0..t.batch_size as u64;
+        let first_row = (rank * t.batch_size) as u64;
+        let rows = first_row..first_row + t.batch_size as u64;
         let mut noise = rng::rows(experiment.seed, Stream::Noise, &[it, micro as u64], rows);
-        let out = diffusion.loss(&state.model, x0, local, &mut noise);
+        let out = {
+            let _draws = dropout.then(|| DROPOUT_DRAWS.lock().unwrap_or_else(|p| p.into_inner()));
+            seed_dropout::<B>(device, experiment.seed, it, micro as u64, rank as u64);
+            diffusion.loss(&state.model, x0, local, &mut noise)
+        };
         stats.merge(&out.stats());
-        let grads = out.loss.div_scalar(t.grad_accum as f64).backward();
+        let grads = out
+            .loss
+            .div_scalar((t.grad_accum * world) as f64)
+            .backward();
         accumulator.accumulate(
             &state.model,
             GradientsParams::from_grads(grads, &state.model),
         );
     }
     let mut grads = accumulator.grads();
+    let (stats, stop) = replicas::reduce_step(
+        peer,
+        &state.model,
+        &mut grads,
+        stats,
+        interrupt::requested(),
+        &format!("all-reduce of iteration {it}"),
+    )?;
     let grad_norm = clip_grad_norm(&state.model, &mut grads, t.grad_clip);
     if !stats.loss().is_finite() || !grad_norm.is_finite() {
         let what = if stats.loss().is_finite() {
@@ -167,17 +199,30 @@ pub fn step<B: AutodiffBackend>(
         stats,
         grad_norm,
         lr,
+        stop,
     })
 }
 
-/// Trains `experiment` on `device`, writing logs and checkpoints into `run`.
+/// What only the main replica does: the progress bar, the logs and the checkpoints.
+struct Main<'a> {
+    run: &'a mut RunDir,
+    logs: Logs,
+    bar: ProgressBar,
+    last_log: Instant,
+}
+
+/// Trains replica `peer` of `experiment` on `device`. The main replica gets the run folder
+/// (`run`) and its starting point (`start`); the others start fresh and receive the main
+/// replica's state once every peer has joined. Every replica runs the same iterations, and
+/// every one returns its (identical) EMA weights.
 pub fn train<B: AutodiffBackend>(
     experiment: &Experiment,
     experiment_ron: &str,
     corpus: &Corpus,
-    run: &mut RunDir,
+    run: Option<&mut RunDir>,
     start: Start,
     device: &B::Device,
+    peer: &mut Peer<B::InnerBackend>,
 ) -> Result<Trained<B>> {
     let vocab = corpus.vocab().size();
     let config = DitConfig::from_spec(&experiment.network, vocab)?;
@@ -187,32 +232,40 @@ pub fn train<B: AutodiffBackend>(
         Start::Fresh => State::fresh(experiment, &config, device),
         Start::Resume(ckpt) => State::from_checkpoint(&config, experiment, *ckpt, device)?,
     };
+    peer.register(device)?;
+    if peer.world() > 1 {
+        replicas::synchronise(&mut state, experiment, peer)?;
+    }
     let mut last_checkpoint = match state.iteration {
         0 => None,
         it => Some(it),
     };
-
-    let mut logs = Logs {
-        train: run.log::<TrainRow>()?,
-        val: run.log::<ValRow>()?,
+    let mut main = match run {
+        Some(run) => Some(Main {
+            logs: Logs {
+                train: run.log::<TrainRow>()?,
+                val: run.log::<ValRow>()?,
+            },
+            run,
+            bar: progress_bar(t.max_iters, state.iteration),
+            last_log: Instant::now(),
+        }),
+        None => None,
     };
-    let bar = progress_bar(t.max_iters, state.iteration);
-    let mut last_log = Instant::now();
     let tokens_per_iter = experiment.tokens_per_iter() as f64;
+    let kept = |last: Option<u64>, main: &Option<Main>| match (last, main) {
+        (Some(it), Some(m)) => format!(
+            "the last good checkpoint (iteration {it}) is kept in {}",
+            m.run.checkpoints_dir().join(checkpoint::LATEST).display()
+        ),
+        (Some(it), None) => format!("the last good checkpoint (iteration {it}) is kept"),
+        (None, _) => "no checkpoint had been written yet".into(),
+    };
 
     while state.iteration < t.max_iters {
-        if interrupt::requested() {
-            save(&state, &diffusion, experiment_ron, run, &logs, false)?;
-            bar.abandon();
-            return Ok(Trained {
-                ending: Ending::Interrupted {
-                    iteration: state.iteration,
-                },
-                ema: state.ema.weights,
-                iteration: state.iteration,
-            });
-        }
-        let batch = |it, micro| corpus.train_batch(experiment.seed, it, micro, 0, t.batch_size);
+        let batch = |it, micro| {
+            corpus.train_batch(experiment.seed, it, micro, peer.rank() as u64, t.batch_size)
+        };
         let report = step(
             &mut state,
             experiment,
@@ -220,108 +273,120 @@ pub fn train<B: AutodiffBackend>(
             corpus.seq_len(),
             batch,
             device,
+            peer,
         )
-        .map_err(|e| {
-            let kept = match last_checkpoint {
-                Some(it) => format!(
-                    "the last good checkpoint (iteration {it}) is kept in {}",
-                    run.checkpoints_dir().join(checkpoint::LATEST).display()
-                ),
-                None => "no checkpoint had been written yet".into(),
-            };
-            anyhow::anyhow!("{e:#}; {kept}")
-        })?;
+        .map_err(|e| anyhow::anyhow!("{e:#}; {}", kept(last_checkpoint, &main)))?;
         let it = state.iteration;
-        bar.set_position(it);
 
-        if it.is_multiple_of(t.log_interval) {
-            let step_s = last_log.elapsed().as_secs_f64() / t.log_interval as f64;
-            last_log = Instant::now();
-            let s = &report.stats;
-            let row = TrainRow {
-                iter: it,
-                tokens: state.tokens,
-                lr: report.lr,
-                loss: s.loss(),
-                kl: s.kl(),
-                ce: s.ce(),
-                l_t: s.l_t(),
-                bits_per_token: s.bits_per_token(),
-                grad_norm: report.grad_norm,
-                step_ms: step_s * 1e3,
-                tokens_per_s: tokens_per_iter / step_s,
-            };
-            logs.train.append(&row)?;
-            let message = format!(
-                "loss {:.4} | {:.3} bits/token | {:.0} tok/s",
-                row.loss, row.bits_per_token, row.tokens_per_s
-            );
-            if bar.is_hidden() {
-                eprintln!(
-                    "iter {it}: {message} | lr {:.3e} | grad norm {:.3}",
-                    row.lr, row.grad_norm
+        if let Some(m) = main.as_mut() {
+            m.bar.set_position(it);
+            if it.is_multiple_of(t.log_interval) {
+                let step_s = m.last_log.elapsed().as_secs_f64() / t.log_interval as f64;
+                m.last_log = Instant::now();
+                let s = &report.stats;
+                let row = TrainRow {
+                    iter: it,
+                    tokens: state.tokens,
+                    lr: report.lr,
+                    loss: s.loss(),
+                    kl: s.kl(),
+                    ce: s.ce(),
+                    l_t: s.l_t(),
+                    bits_per_token: s.bits_per_token(),
+                    grad_norm: report.grad_norm,
+                    step_ms: step_s * 1e3,
+                    tokens_per_s: tokens_per_iter / step_s,
+                };
+                m.logs.train.append(&row)?;
+                let message = format!(
+                    "loss {:.4} | {:.3} bits/token | {:.0} tok/s",
+                    row.loss, row.bits_per_token, row.tokens_per_s
                 );
+                if m.bar.is_hidden() {
+                    eprintln!(
+                        "iter {it}: {message} | lr {:.3e} | grad norm {:.3}",
+                        row.lr, row.grad_norm
+                    );
+                }
+                m.bar.set_message(message);
             }
-            bar.set_message(message);
         }
 
         let validate = it.is_multiple_of(t.eval_interval) || it == t.max_iters;
         let periodic = t.checkpoint.every.is_some_and(|e| it.is_multiple_of(e));
+        let mut saved = false;
         if validate {
             let started = Instant::now();
-            let (val, bits_se) = validation_loss(
+            let (val, bits_se) = replicas::validate(
+                peer,
                 &state.ema.weights,
                 &diffusion,
                 corpus,
                 t.eval_iters,
                 t.batch_size,
-            );
+            )?;
             if !val.loss().is_finite() || !val.l_t().is_finite() {
                 bail!(
                     "non-finite validation loss at iteration {it}: the weights diverged; {}",
-                    match last_checkpoint {
-                        Some(c) => format!("the last good checkpoint (iteration {c}) is kept"),
-                        None => "no checkpoint had been written yet".into(),
-                    }
+                    kept(last_checkpoint, &main)
                 );
             }
-            let row = ValRow {
-                iter: it,
-                tokens: state.tokens,
-                loss: val.loss(),
-                kl: val.kl(),
-                ce: val.ce(),
-                l_t: val.l_t(),
-                bits_per_token: val.bits_per_token(),
-                bits_se,
-                batches: t.eval_iters,
-                weights: Weights::Ema,
-                eval_ms: started.elapsed().as_secs_f64() * 1e3,
-            };
-            logs.val.append(&row)?;
-            let message = format!(
-                "val @ {it}: loss {:.4} | {:.4} ± {:.4} bits/token (EMA)",
-                row.loss, row.bits_per_token, row.bits_se
-            );
-            if bar.is_hidden() {
-                eprintln!("{message}");
-            } else {
-                bar.println(message);
-            }
-            let best = state.best_val_l_t.is_none_or(|b| row.l_t < b);
+            let best = state.best_val_l_t.is_none_or(|b| val.l_t() < b);
             if best {
-                state.best_val_l_t = Some(row.l_t);
+                state.best_val_l_t = Some(val.l_t());
             }
-            let keep_best = best && t.checkpoint.keep_best;
-            save(&state, &diffusion, experiment_ron, run, &logs, keep_best)?;
-            last_checkpoint = Some(it);
-            run.redraw_loss_chart()?;
-        } else if periodic {
-            save(&state, &diffusion, experiment_ron, run, &logs, false)?;
+            if let Some(m) = main.as_mut() {
+                let row = ValRow {
+                    iter: it,
+                    tokens: state.tokens,
+                    loss: val.loss(),
+                    kl: val.kl(),
+                    ce: val.ce(),
+                    l_t: val.l_t(),
+                    bits_per_token: val.bits_per_token(),
+                    bits_se,
+                    batches: t.eval_iters,
+                    weights: Weights::Ema,
+                    eval_ms: started.elapsed().as_secs_f64() * 1e3,
+                };
+                m.logs.val.append(&row)?;
+                let message = format!(
+                    "val @ {it}: loss {:.4} | {:.4} ± {:.4} bits/token (EMA)",
+                    row.loss, row.bits_per_token, row.bits_se
+                );
+                if m.bar.is_hidden() {
+                    eprintln!("{message}");
+                } else {
+                    m.bar.println(message);
+                }
+                let keep_best = best && t.checkpoint.keep_best;
+                save(&state, &diffusion, experiment_ron, m, keep_best)?;
+                m.run.redraw_loss_chart()?;
+            }
+            saved = true;
+        } else if periodic || report.stop {
+            if let Some(m) = main.as_mut() {
+                save(&state, &diffusion, experiment_ron, m, false)?;
+            }
+            saved = true;
+        }
+        if saved {
             last_checkpoint = Some(it);
         }
+        if report.stop {
+            if let Some(m) = &main {
+                m.bar.abandon();
+            }
+            return Ok(Trained {
+                ending: Ending::Interrupted { iteration: it },
+                ema: state.ema.weights,
+                iteration: it,
+            });
+        }
     }
-    bar.finish_and_clear();
+    if let Some(m) = &main {
+        m.bar.finish_and_clear();
+    }
     Ok(Trained {
         ending: Ending::Completed,
         ema: state.ema.weights,
@@ -342,10 +407,10 @@ fn save<B: AutodiffBackend>(
     state: &State<B>,
     diffusion: &Diffusion,
     experiment_ron: &str,
-    run: &mut RunDir,
-    logs: &Logs,
+    main: &mut Main,
     best: bool,
 ) -> Result<()> {
+    let Main { run, logs, .. } = main;
     if !all_finite(&state.model) {
         bail!(
             "non-finite weights after iteration {}: the run diverged; the previous checkpoint is kept",
@@ -460,6 +525,7 @@ mod tests {
                 16,
                 |_, _| fixed.clone(),
                 &device,
+                &Peer::solo(),
             )
             .unwrap();
             losses.push(report.stats.loss());
