@@ -61,6 +61,42 @@ pub trait Job {
     ) -> anyhow::Result<Self::Output>;
 }
 
+/// Where `ddexp eval` and `ddexp sample` run when not where the experiment trained (a model
+/// trained on GPUs, evaluated on a laptop; another GPU than the first).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeviceChoice {
+    /// Replaces the experiment's backend.
+    pub backend: Option<crate::spec::Backend>,
+    /// The device index on that backend (CUDA only: the CPU backend is one device).
+    pub device: Option<usize>,
+}
+
+impl DeviceChoice {
+    /// The one-device topology to run on: the experiment's `trained` topology with the choice
+    /// applied. A backend other than the trained one starts at its device 0.
+    pub fn topology(
+        &self,
+        trained: &crate::spec::Topology,
+    ) -> anyhow::Result<crate::spec::Topology> {
+        let backend = self.backend.unwrap_or(trained.backend);
+        let devices = match (backend, self.device) {
+            (crate::spec::Backend::Cpu, Some(index)) if index != 0 => anyhow::bail!(
+                "--device {index}: the CPU backend is a single device (0); device indices \
+                 pick a GPU with --backend cuda"
+            ),
+            (_, Some(index)) => vec![index],
+            _ if backend != trained.backend => vec![0],
+            _ => trained.devices.clone(),
+        };
+        Ok(crate::spec::Topology {
+            backend,
+            devices,
+            nodes: 1,
+            orchestrator: None,
+        })
+    }
+}
+
 /// Runs `job` on the first device of `topology`: flex on the CPU, or CUDA device
 /// `topology.devices[0]` (a binary built without the `cuda` feature says how to rebuild).
 pub fn run_on_one_device<J: Job>(
@@ -81,5 +117,59 @@ fn run_on_cuda<J: Job>(topology: &crate::spec::Topology, job: J) -> anyhow::Resu
 
 #[cfg(not(feature = "cuda"))]
 fn run_on_cuda<J: Job>(_: &crate::spec::Topology, _: J) -> anyhow::Result<J::Output> {
-    anyhow::bail!(crate::spec::cuda_missing_message())
+    anyhow::bail!(
+        "the model was trained on CUDA, but this ddexp was built without CUDA; rebuild with \
+         `cargo build --release --features cuda`, or run it on the CPU with --backend cpu"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{Backend, Topology};
+
+    fn gpus(devices: Vec<usize>) -> Topology {
+        Topology {
+            backend: Backend::Cuda,
+            devices,
+            nodes: 4,
+            orchestrator: Some("10.0.0.1:29500".into()),
+        }
+    }
+
+    #[test]
+    fn no_choice_keeps_the_trained_backend_on_one_node() {
+        let t = DeviceChoice::default().topology(&gpus(vec![2, 3])).unwrap();
+        assert_eq!(t.backend, Backend::Cuda);
+        assert_eq!(t.devices, vec![2, 3]);
+        assert_eq!((t.nodes, t.orchestrator), (1, None));
+    }
+
+    #[test]
+    fn another_backend_starts_at_device_zero_unless_told() {
+        let cpu = DeviceChoice {
+            backend: Some(Backend::Cpu),
+            device: None,
+        };
+        assert_eq!(cpu.topology(&gpus(vec![5])).unwrap().devices, vec![0]);
+        let gpu3 = DeviceChoice {
+            backend: Some(Backend::Cuda),
+            device: Some(3),
+        };
+        let t = gpu3.topology(&Topology::default()).unwrap();
+        assert_eq!((t.backend, t.devices), (Backend::Cuda, vec![3]));
+    }
+
+    #[test]
+    fn the_cpu_has_only_device_zero() {
+        let choice = DeviceChoice {
+            backend: Some(Backend::Cpu),
+            device: Some(1),
+        };
+        let e = choice.topology(&gpus(vec![0])).unwrap_err().to_string();
+        assert!(
+            e.contains("--device 1") && e.contains("--backend cuda"),
+            "{e}"
+        );
+    }
 }

@@ -19,14 +19,14 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rand::Rng;
 use serde::Serialize;
 
-use crate::backend::{self, Job};
+use crate::backend::{self, DeviceChoice, Job};
 use crate::data::{self, Corpus};
 use crate::diffusion::{Diffusion, LossStats, Moments};
 use crate::model::{Dit, WeightSet};
 use crate::results::{EvalRow, RunDir, Weights};
 use crate::rng::{self, Stream};
 use crate::spec::Split;
-use crate::trained::{self, Opened};
+use crate::trained::{self, CheckpointChoice, Opened};
 
 /// How much of a split to evaluate.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -147,8 +147,12 @@ pub struct EvalOptions {
     /// Seed of the times and noise; 0 is what a run's own final evaluation uses.
     pub seed: u64,
     pub weights: WeightSet,
+    /// A run folder's latest or best checkpoint.
+    pub checkpoint: CheckpointChoice,
     /// Replaces the dataset's folder.
     pub data: Option<PathBuf>,
+    /// Where to run, when not on the experiment's own device.
+    pub device: DeviceChoice,
 }
 
 /// What `ddexp eval` measured (`--json` prints this).
@@ -214,8 +218,9 @@ impl From<&Estimate> for SplitEstimate {
 /// each split, on the experiment's backend (one device). For a run folder, one row per split
 /// is appended to its eval.csv.
 pub fn evaluate_model(model: &Path, options: &EvalOptions) -> Result<EvalReport> {
-    let opened = trained::open(model, options.weights)?;
+    let opened = trained::open(model, options.weights, options.checkpoint)?;
     let experiment = &opened.experiment;
+    let topology = options.device.topology(&experiment.topology)?;
     let corpus = data::open(&opened.dataset(options.data.as_deref())?)?;
     corpus
         .check_model_vocab(opened.vocab_size)
@@ -256,7 +261,7 @@ pub fn evaluate_model(model: &Path, options: &EvalOptions) -> Result<EvalReport>
         splits: &splits,
         settings,
     };
-    let estimates = backend::run_on_one_device(&experiment.topology, job)?;
+    let estimates = backend::run_on_one_device(&topology, job)?;
 
     let eval_csv = match run {
         Some(run) => {

@@ -2,8 +2,8 @@
 //!
 //! ```text
 //! run folder     results/<experiment>/<run>/, written by `ddexp run`:
-//!                run.json, experiment.ron, checkpoints/latest.safetensors
-//!                (both weight sets, as `model.<name>` and `ema.<name>`)
+//!                run.json, experiment.ron, checkpoints/latest.safetensors and
+//!                best.safetensors (both weight sets, as `model.<name>` and `ema.<name>`)
 //! model folder   written by `ddexp import nanodd`:
 //!                model.json, experiment.ron, weights.safetensors (one weight set)
 //! ```
@@ -24,18 +24,47 @@ use crate::model::{
 };
 use crate::results::{CHECKPOINTS_DIR, RUN_INFO_FILE, RunDir};
 use crate::spec::{self, Dataset, Experiment};
-use crate::train::checkpoint::{CheckpointWeights, LATEST};
+use crate::train::checkpoint::{BEST, CheckpointWeights, LATEST};
 
 /// What MODEL may be, for error messages.
 const WHAT_MODEL_IS: &str = "MODEL is a run folder (results/<experiment>/<run>/, written by \
      `ddexp run`) or a model folder (model.json, weights.safetensors and experiment.ron, written \
      by `ddexp import nanodd`)";
 
+/// Which checkpoint of a run folder to open.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum CheckpointChoice {
+    /// The last one written (at the last eval interval, Ctrl-C or the end of the run).
+    #[default]
+    Latest,
+    /// The one with the lowest validation l_T (`train.checkpoint.keep_best`).
+    Best,
+}
+
+impl CheckpointChoice {
+    pub fn name(self) -> &'static str {
+        match self {
+            CheckpointChoice::Latest => "latest",
+            CheckpointChoice::Best => "best",
+        }
+    }
+
+    fn file(self) -> &'static str {
+        match self {
+            CheckpointChoice::Latest => LATEST,
+            CheckpointChoice::Best => BEST,
+        }
+    }
+}
+
 /// Where the weights come from.
 #[derive(Debug, Clone)]
 pub enum Origin {
-    /// A run folder's latest checkpoint, taken after `iteration` optimiser steps.
-    Run { iteration: u64 },
+    /// A run folder's latest or best checkpoint, taken after `iteration` optimiser steps.
+    Run {
+        iteration: u64,
+        checkpoint: CheckpointChoice,
+    },
     /// A model folder and its provenance.
     ModelFolder { info: ModelInfo },
 }
@@ -64,8 +93,9 @@ pub struct Trained<B: Backend> {
     pub net: model::Dit<B>,
 }
 
-/// Opens the run folder or model folder `path` with the `weights` set.
-pub fn open(path: &Path, weights: WeightSet) -> Result<Opened> {
+/// Opens the run folder or model folder `path` with the `weights` set (of the `checkpoint`
+/// chosen, for a run folder).
+pub fn open(path: &Path, weights: WeightSet, checkpoint: CheckpointChoice) -> Result<Opened> {
     if !path.exists() {
         bail!("{} does not exist; {WHAT_MODEL_IS}", path.display());
     }
@@ -73,9 +103,17 @@ pub fn open(path: &Path, weights: WeightSet) -> Result<Opened> {
         bail!(not_a_folder(path));
     }
     if path.join(INFO_FILE).exists() {
+        if checkpoint != CheckpointChoice::Latest {
+            bail!(
+                "--checkpoint {}: {} is a model folder, which holds one set of weights; \
+                 --checkpoint picks among a run folder's checkpoints",
+                checkpoint.name(),
+                path.display()
+            );
+        }
         open_model_folder(path, weights)
     } else if path.join(RUN_INFO_FILE).exists() {
-        open_run_folder(path, weights)
+        open_run_folder(path, weights, checkpoint)
     } else {
         bail!(neither(path))
     }
@@ -108,7 +146,7 @@ impl Opened {
     /// Optimiser steps behind the weights, when known.
     pub fn iteration(&self) -> Option<u64> {
         match &self.origin {
-            Origin::Run { iteration } => Some(*iteration),
+            Origin::Run { iteration, .. } => Some(*iteration),
             Origin::ModelFolder { info } => info.iter_num,
         }
     }
@@ -122,10 +160,13 @@ impl Opened {
     }
 
     /// One line for headers and logs, e.g.
-    /// `results/x/2026-11-27T10-00-00 (run folder, iteration 1500, ema weights)`.
+    /// `results/x/2026-11-27T10-00-00 (run folder, best checkpoint, iteration 1500, ema weights)`.
     pub fn describe(&self) -> String {
         let from = match &self.origin {
-            Origin::Run { iteration } => format!("iteration {iteration}"),
+            Origin::Run {
+                iteration,
+                checkpoint,
+            } => format!("{} checkpoint, iteration {iteration}", checkpoint.name()),
             Origin::ModelFolder { info } => format!("imported from {}", info.source),
         };
         format!(
@@ -157,26 +198,33 @@ impl Opened {
     }
 }
 
-fn open_run_folder(path: &Path, weights: WeightSet) -> Result<Opened> {
+fn open_run_folder(path: &Path, weights: WeightSet, which: CheckpointChoice) -> Result<Opened> {
     let run = RunDir::open(path)?;
     let loaded = spec::load(&run.experiment_path(), &[])?;
-    loaded.require_runnable()?;
     let experiment = loaded.experiment;
-    let latest = run.checkpoints_dir().join(LATEST);
-    if !latest.is_file() {
-        bail!(
-            "run folder {} has no checkpoint ({CHECKPOINTS_DIR}/{LATEST} is missing): the run \
-             stopped before its first checkpoint, so there are no weights to use",
-            path.display()
-        );
+    let file = run.checkpoints_dir().join(which.file());
+    if !file.is_file() {
+        match which {
+            CheckpointChoice::Latest => bail!(
+                "run folder {} has no checkpoint ({CHECKPOINTS_DIR}/{LATEST} is missing): the \
+                 run stopped before its first checkpoint, so there are no weights to use",
+                path.display()
+            ),
+            CheckpointChoice::Best => bail!(
+                "run folder {} has no best checkpoint ({CHECKPOINTS_DIR}/{BEST} is missing): it \
+                 is written at validation when train.checkpoint.keep_best is true; use \
+                 --checkpoint latest",
+                path.display()
+            ),
+        }
     }
-    let checkpoint = CheckpointWeights::load(&latest, weights)?;
+    let checkpoint = CheckpointWeights::load(&file, weights)?;
     if checkpoint.experiment != spec::to_ron(&experiment) {
         bail!(
             "{} was trained with a different experiment than {} says: the experiment file was \
              edited after the run started; restore it (the checkpoint keeps the original in its \
              metadata)",
-            latest.display(),
+            file.display(),
             run.experiment_path().display()
         );
     }
@@ -185,7 +233,7 @@ fn open_run_folder(path: &Path, weights: WeightSet) -> Result<Opened> {
         Some(data) if data.shape.len() == 2 && data.shape[0] >= 2 => data.shape[0] - 1,
         _ => bail!(
             "{}: the {} weights have no usable `{embedding}`, so they are not a DiT's",
-            latest.display(),
+            file.display(),
             weights.name()
         ),
     };
@@ -193,11 +241,12 @@ fn open_run_folder(path: &Path, weights: WeightSet) -> Result<Opened> {
         path: path.to_path_buf(),
         origin: Origin::Run {
             iteration: checkpoint.iteration,
+            checkpoint: which,
         },
         experiment,
         weights,
         vocab_size,
-        weights_file: latest,
+        weights_file: file,
         state: checkpoint.weights,
     })
 }
@@ -205,7 +254,6 @@ fn open_run_folder(path: &Path, weights: WeightSet) -> Result<Opened> {
 fn open_model_folder(path: &Path, weights: WeightSet) -> Result<Opened> {
     let info = model::read_model_info(path)?;
     let loaded = spec::load(&path.join(EXPERIMENT_FILE), &[])?;
-    loaded.require_runnable()?;
     if info.weights != weights {
         bail!(
             "model folder {} holds only the {} weights of {}, not the {} weights; import those \

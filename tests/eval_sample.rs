@@ -258,6 +258,11 @@ fn standard_errors_shrink_with_more_batches() {
 
 /// A few steps of training on the synthetic corpus, so that a real run folder exists.
 fn tiny_run(dir: &Path) -> PathBuf {
+    tiny_run_with(dir, &[])
+}
+
+/// [`tiny_run`] with `--set` overrides.
+fn tiny_run_with(dir: &Path, overrides: &[&str]) -> PathBuf {
     let experiment = dir.join("tiny.ron");
     fs::write(
         &experiment,
@@ -274,7 +279,11 @@ fn tiny_run(dir: &Path) -> PathBuf {
     )
     .unwrap();
     let results = dir.join("results");
-    succeeds(&["run", s(&experiment), "--results", s(&results)]);
+    let mut args = vec!["run", s(&experiment), "--results", s(&results)];
+    for o in overrides {
+        args.extend(["--set", o]);
+    }
+    succeeds(&args);
     let runs: Vec<PathBuf> = fs::read_dir(results.join("tiny"))
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -347,7 +356,7 @@ fn a_run_folder_is_evaluated_logged_and_sampled() {
     let samples = fs::read_to_string(run.join("samples.txt")).unwrap();
     let header = samples.lines().next().unwrap();
     for part in [
-        "run folder, iteration 3, ema weights",
+        "run folder, latest checkpoint, iteration 3, ema weights",
         "seed=4",
         "steps=40",
         "sampler=exact",
@@ -355,6 +364,129 @@ fn a_run_folder_is_evaluated_logged_and_sampled() {
         assert!(header.contains(part), "{part} in {header}");
     }
     assert_eq!(samples.lines().nth(1), Some(lines[0]));
+}
+
+#[test]
+fn the_best_checkpoint_is_the_one_with_the_lowest_validation_l_t() {
+    let dir = tempfile::tempdir().unwrap();
+    // Validation at every step of a fast, noisy run, so the best need not be the last.
+    let run = tiny_run_with(
+        dir.path(),
+        &[
+            "train.max_iters=6",
+            "train.eval_interval=1",
+            "train.lr=0.05",
+            "train.min_lr=0.05",
+        ],
+    );
+    let val: Vec<(u64, f64)> = csv::Reader::from_path(run.join("val.csv"))
+        .unwrap()
+        .deserialize::<std::collections::HashMap<String, String>>()
+        .map(|row| {
+            let row = row.unwrap();
+            (row["iter"].parse().unwrap(), row["l_t"].parse().unwrap())
+        })
+        .collect();
+    assert_eq!(val.len(), 6);
+    let lowest = val
+        .iter()
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|&(iter, _)| iter)
+        .unwrap();
+    let args = |checkpoint: &'static str| {
+        let mut a = vec!["eval", s(&run), "--json", "--kl-batches", "1"];
+        a.extend(["--recon-batches", "1", "--checkpoint", checkpoint]);
+        a
+    };
+    let best = json(&args("best"));
+    assert_eq!(best["iteration"], lowest, "val.csv: {val:?}");
+    let latest = json(&args("latest"));
+    assert_eq!(latest["iteration"], 6);
+    let samples = succeeds(&["sample", s(&run), "--checkpoint", "best", "--no-animate"]);
+    assert_eq!(samples.lines().count(), 1);
+    let header = fs::read_to_string(run.join("samples.txt")).unwrap();
+    let expected = format!("best checkpoint, iteration {lowest}");
+    assert!(header.contains(&expected), "{expected} in {header}");
+
+    // A run that keeps no best checkpoint says so.
+    fs::remove_file(run.join("checkpoints/best.safetensors")).unwrap();
+    let err = fails(&args("best"));
+    assert!(err.contains("has no best checkpoint"), "{err}");
+    assert!(err.contains("--checkpoint latest"), "{err}");
+}
+
+#[test]
+fn a_gpu_trained_model_runs_on_the_cpu_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = text8_dataset(dir.path());
+    let cpu_model = imported(dir.path(), "tiny_text8");
+    // The same model, as if trained on CUDA device 2.
+    let gpu_model = dir.path().join("gpu");
+    fs::create_dir(&gpu_model).unwrap();
+    for file in ["model.json", "weights.safetensors"] {
+        fs::copy(cpu_model.join(file), gpu_model.join(file)).unwrap();
+    }
+    let ron = fs::read_to_string(cpu_model.join("experiment.ron")).unwrap();
+    let start = ron
+        .find("topology:")
+        .expect("the experiment names its topology");
+    let end = start + ron[start..].find(')').unwrap() + 1;
+    let gpu_ron = format!(
+        "{}topology: (backend: Cuda, devices: [2]){}",
+        &ron[..start],
+        &ron[end..]
+    );
+    fs::write(gpu_model.join("experiment.ron"), gpu_ron).unwrap();
+    fn eval<'a>(model: &'a Path, root: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+        let mut a = vec!["eval", s(model), "--data", s(root), "--json"];
+        a.extend([
+            "--kl-batches",
+            "2",
+            "--recon-batches",
+            "1",
+            "--batch-size",
+            "2",
+        ]);
+        a.extend_from_slice(extra);
+        a
+    }
+
+    if !cfg!(feature = "cuda") {
+        let err = fails(&eval(&gpu_model, &root, &[]));
+        assert!(err.contains("built without CUDA"), "{err}");
+        assert!(err.contains("--backend cpu"), "{err}");
+    }
+    let on_cpu = json(&eval(&gpu_model, &root, &["--backend", "cpu"]));
+    let reference = json(&eval(&cpu_model, &root, &[]));
+    assert_eq!(on_cpu["estimates"], reference["estimates"]);
+    succeeds(&[
+        "sample",
+        s(&gpu_model),
+        "--data",
+        s(&root),
+        "--backend",
+        "cpu",
+        "--seq-len",
+        "8",
+        "--no-animate",
+    ]);
+
+    let err = fails(&eval(
+        &gpu_model,
+        &root,
+        &["--backend", "cpu", "--device", "1"],
+    ));
+    assert!(
+        err.contains("--device 1: the CPU backend is a single device"),
+        "{err}"
+    );
+    let err = fails(&eval(&cpu_model, &root, &["--checkpoint", "best"]));
+    assert!(
+        err.contains("is a model folder, which holds one set of weights"),
+        "{err}"
+    );
+    let err = fails(&eval(&cpu_model, &root, &["--backend", "tpu"]));
+    assert!(err.contains("expected cpu or cuda"), "{err}");
 }
 
 #[test]

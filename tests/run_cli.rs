@@ -1,30 +1,17 @@
 //! `ddexp run` end to end through the binary: a complete run folder, exact resume after a
 //! SIGKILL, divergence handling, and refusals that leave nothing behind.
 
+mod cli;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
+use cli::{ddexp, text};
 use ddexp::model::StateDict;
 use ddexp::results::{EvalRow, RunInfo, RunStatus, TrainRow, ValRow, read_rows};
 use ddexp::train::checkpoint::Checkpoint;
-
-fn ddexp(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ddexp"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("ddexp runs")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// A DiT small enough to train in seconds on the synthetic corpus.
 fn tiny(name: &str, train: &str) -> String {

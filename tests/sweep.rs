@@ -2,26 +2,13 @@
 //! members run and are recorded, a re-run skips or resumes them, invalid members stop the
 //! sweep before anything is written, failures are isolated, and Ctrl-C checkpoints.
 
+mod cli;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
+use cli::{ddexp, text};
 use ddexp::results::{MemberStatus, RunInfo, RunStatus, SweepMemberRow, read_rows};
-
-fn ddexp(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ddexp"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("ddexp runs")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// A tiny experiment named `name` (a few steps on the synthetic corpus, a tiny evaluation).
 fn tiny(name: &str) -> String {

@@ -1,27 +1,14 @@
 //! `ddexp validate` and `ddexp schema` through the binary: every shipped experiment is
 //! valid, every kind of mistake gets a located message, and nothing is written.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod cli;
 
-fn ddexp(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ddexp"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("ddexp runs")
-}
+use std::path::PathBuf;
+
+use cli::{ddexp, text};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 #[test]

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
+use super::ModelChoice;
 use crate::eval::{self, EvalOptions};
-use crate::model::WeightSet;
 use crate::spec::Split;
 
 #[derive(Debug, Args)]
@@ -28,9 +28,8 @@ pub struct EvalArgs {
     /// Seed of the diffusion times and noise (0 reproduces a run's own final evaluation).
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Which weights: the EMA or the raw training weights.
-    #[arg(long, value_enum, default_value_t = WeightSet::Ema)]
-    weights: WeightSet,
+    #[command(flatten)]
+    choice: ModelChoice,
     /// The dataset folder, replacing the one the experiment names.
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
@@ -53,7 +52,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
         recon_batches: args.recon_batches,
         batch_size: args.batch_size.map(|b| b as usize),
         seed: args.seed,
-        weights: args.weights,
+        weights: args.choice.weights,
+        checkpoint: args.choice.checkpoint,
+        device: args.choice.device(),
         data: args.data,
     };
     let report = eval::evaluate_model(&args.model, &options)?;

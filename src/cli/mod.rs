@@ -5,6 +5,11 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::backend::DeviceChoice;
+use crate::model::WeightSet;
+use crate::spec::Backend;
+use crate::trained::CheckpointChoice;
+
 mod bench;
 mod data;
 mod eval;
@@ -131,6 +136,40 @@ pub struct Overrides {
     /// Override a field: path=value with the value in RON syntax (repeatable).
     #[arg(long = "set", value_name = "PATH=VALUE")]
     pub set: Vec<String>,
+}
+
+/// Which checkpoint and device `ddexp eval` and `ddexp sample` use.
+#[derive(Debug, Args)]
+pub struct ModelChoice {
+    /// Which weights: the EMA or the raw training weights.
+    #[arg(long, value_enum, default_value_t = WeightSet::Ema)]
+    weights: WeightSet,
+    /// A run folder's latest checkpoint or its best by validation l_T.
+    #[arg(long, value_enum, default_value_t = CheckpointChoice::Latest)]
+    checkpoint: CheckpointChoice,
+    /// Run on this backend instead of the experiment's (e.g. a GPU-trained model on a laptop).
+    #[arg(long, value_name = "cpu|cuda", value_parser = parse_backend)]
+    backend: Option<Backend>,
+    /// CUDA device index (default: the experiment's first device).
+    #[arg(long, value_name = "INDEX")]
+    device: Option<usize>,
+}
+
+impl ModelChoice {
+    fn device(&self) -> DeviceChoice {
+        DeviceChoice {
+            backend: self.backend,
+            device: self.device,
+        }
+    }
+}
+
+fn parse_backend(name: &str) -> Result<Backend, String> {
+    match name.to_ascii_lowercase().as_str() {
+        "cpu" => Ok(Backend::Cpu),
+        "cuda" => Ok(Backend::Cuda),
+        _ => Err(format!("unknown backend `{name}`, expected cpu or cuda")),
+    }
 }
 
 pub fn main() -> ExitCode {

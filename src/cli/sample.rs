@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use crate::model::WeightSet;
+use super::ModelChoice;
 use crate::sample::{self, SampleOptions, Sampler};
 
 #[derive(Debug, Args)]
@@ -39,9 +39,8 @@ pub struct SampleArgs {
     /// Append the samples to FILE instead of the model folder's samples.txt.
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
-    /// Which weights: the EMA or the raw training weights.
-    #[arg(long, value_enum, default_value_t = WeightSet::Ema)]
-    weights: WeightSet,
+    #[command(flatten)]
+    choice: ModelChoice,
     /// The dataset folder, replacing the one the experiment names (character corpora are
     /// decoded with its vocabulary).
     #[arg(long, value_name = "DIR")]
@@ -62,7 +61,9 @@ pub fn run(args: SampleArgs) -> Result<()> {
         steps: args.steps.map(|s| s as usize),
         seed: args.seed,
         sampler,
-        weights: args.weights,
+        weights: args.choice.weights,
+        checkpoint: args.choice.checkpoint,
+        device: args.choice.device(),
         animate: !args.no_animate && std::io::stdout().is_terminal(),
         out: args.out,
         data: args.data,

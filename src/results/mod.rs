@@ -33,6 +33,8 @@ pub use loss_chart::draw_run_loss_chart;
 pub use report::{
     DEFAULT_WINDOW, GroupSummaryRow, MemberSummaryRow, Report, ReportOptions, report,
 };
-pub use run_dir::{CHECKPOINTS_DIR, EXPERIMENT_FILE, RUN_INFO_FILE, RunDir, read_experiment};
+pub use run_dir::{
+    CHECKPOINTS_DIR, EXPERIMENT_FILE, RUN_INFO_FILE, RunDir, is_folder_name, read_experiment,
+};
 pub use run_info::{RunInfo, RunStatus, host_name, process_alive};
 pub use sweep_summary::{MemberStatus, SweepMemberRow};

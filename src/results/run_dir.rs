@@ -211,14 +211,18 @@ fn claim_folder(parent: &Path, base_id: &str) -> Result<(PathBuf, String)> {
     )
 }
 
-/// Names become folder names: no separators, no `.`/`..`, nothing hidden or empty.
-fn check_path_component(what: &str, name: &str) -> Result<()> {
-    let ok = !name.is_empty()
+/// Whether `name` can be a folder name under results/: letters, digits, `_`, `.` and `-`, no
+/// separators, nothing hidden, `.`/`..` or empty.
+pub fn is_folder_name(name: &str) -> bool {
+    !name.is_empty()
         && !name.starts_with('.')
         && name
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
-    if !ok {
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+}
+
+fn check_path_component(what: &str, name: &str) -> Result<()> {
+    if !is_folder_name(name) {
         bail!(
             "the {what} `{name}` cannot be a folder name: use letters, digits, `_`, `.` and `-`, not starting with `.`"
         );

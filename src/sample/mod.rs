@@ -19,11 +19,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 pub use ancestral::{SampleSettings, Sampled, Sampler, Step, grid, sample, sample_with};
 use animation::Animation;
 
-use crate::backend::{self, Job};
+use crate::backend::{self, DeviceChoice, Job};
 use crate::data::{self, Vocab};
 use crate::model::WeightSet;
 use crate::spec::{Dataset, Tokenizer};
-use crate::trained::{self, Opened};
+use crate::trained::{self, CheckpointChoice, Opened};
 
 /// Where samples are appended in a run folder or model folder.
 pub const SAMPLES_FILE: &str = "samples.txt";
@@ -39,6 +39,10 @@ pub struct SampleOptions {
     pub seed: u64,
     pub sampler: Sampler,
     pub weights: WeightSet,
+    /// A run folder's latest or best checkpoint.
+    pub checkpoint: CheckpointChoice,
+    /// Where to run, when not on the experiment's own device.
+    pub device: DeviceChoice,
     /// Animate on stdout when it is a terminal.
     pub animate: bool,
     /// Append here instead of the model's samples.txt.
@@ -65,9 +69,10 @@ pub struct SampleReport {
 /// experiment's backend (one device) and appends them, with a header line, to the folder's
 /// samples.txt or to `options.out`.
 pub fn sample_model(model: &Path, options: &SampleOptions) -> Result<SampleReport> {
-    let opened = trained::open(model, options.weights)?;
+    let opened = trained::open(model, options.weights, options.checkpoint)?;
     let vocab = decoding_vocab(&opened, options.data.as_deref())?;
     let experiment = &opened.experiment;
+    let topology = options.device.topology(&experiment.topology)?;
     let trained_len = experiment.dataset.seq_len();
     let settings = SampleSettings {
         batch: options.batch,
@@ -110,7 +115,7 @@ pub fn sample_model(model: &Path, options: &SampleOptions) -> Result<SampleRepor
         settings,
         animate: options.animate,
     };
-    let (sampled, elapsed) = backend::run_on_one_device(&experiment.topology, job)?;
+    let (sampled, elapsed) = backend::run_on_one_device(&topology, job)?;
     let texts: Vec<String> = sampled.tokens.iter().map(|row| vocab.decode(row)).collect();
 
     let header = format!(

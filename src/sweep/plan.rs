@@ -126,12 +126,7 @@ fn sweep_name(dir: &Path) -> Result<String> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let ok = !name.is_empty()
-        && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
-    if !ok {
+    if !crate::results::is_folder_name(&name) {
         bail!(
             "the sweep folder's name `{name}` cannot name results/sweeps/<name>: use letters, digits, `_`, `.` and `-`"
         );
