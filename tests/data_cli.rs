@@ -127,19 +127,12 @@ fn missing_input_is_a_clean_error() {
         "{}",
         text(&out.stderr)
     );
-    assert!(text(&out.stderr).contains("nowhere.zip"));
+    assert!(text(&out.stderr).contains("nowhere.zip does not exist"));
+    let out = ddexp(&["data", "prepare", "text8", "--from", "."], dir.path());
+    assert!(text(&out.stderr).contains(". is a folder; --from takes text8.zip"));
     assert!(
-        fs::read_dir(dir.path())
-            .unwrap()
-            .next()
-            .is_some_and(|e| e.unwrap().file_name() == "data")
-    );
-    assert!(
-        fs::read_dir(dir.path().join("data"))
-            .unwrap()
-            .next()
-            .is_none(),
-        "nothing left in data/"
+        fs::read_dir(dir.path()).unwrap().next().is_none(),
+        "a bad --from creates nothing, not even data/"
     );
 }
 

@@ -34,6 +34,15 @@ fn open(root: &Path, seq_len: usize) -> anyhow::Result<data::Corpus> {
     })
 }
 
+/// Lower-case hex sha256, as meta.json records it.
+fn sha_of(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 fn write_zip(dir: &Path, text: &str) -> PathBuf {
     let path = dir.join("text8.zip");
     fs::write(&path, zip_bytes(&[("text8", text.as_bytes())])).unwrap();
@@ -252,6 +261,46 @@ fn restarts_when_the_server_ignores_ranges() {
 }
 
 #[test]
+fn a_download_that_is_not_text8_is_not_reused() {
+    let out = tempfile::tempdir().unwrap();
+    let good = zip_bytes(&[("text8", known_text().as_bytes())]);
+    let server = Server::start(Behaviour::default(), |_| {
+        HashMap::from([
+            (
+                "/bad/text8.zip".to_string(),
+                b"<html>not here</html>".to_vec(),
+            ),
+            ("/good/text8.zip".to_string(), good.clone()),
+        ])
+    });
+    let root = out.path().join("text8");
+    let err = format!(
+        "{:#}",
+        prepare(
+            &root,
+            Text8Source::Url(format!("{}/bad/text8.zip", server.url))
+        )
+        .unwrap_err()
+    );
+    assert!(
+        err.contains("was removed, so the next prepare downloads it again"),
+        "{err}"
+    );
+    assert!(!root.exists());
+    prepare(
+        &root,
+        Text8Source::Url(format!("{}/good/text8.zip", server.url)),
+    )
+    .unwrap();
+    let paths: Vec<String> = server.seen().into_iter().map(|s| s.path).collect();
+    assert_eq!(paths, ["/bad/text8.zip", "/good/text8.zip"]);
+    assert_eq!(
+        open(&root, 16).unwrap().tokens(Split::Val).to_vec(),
+        text8_ids(&known_text()[1110..1172])
+    );
+}
+
+#[test]
 fn http_errors_are_reported() {
     let out = tempfile::tempdir().unwrap();
     let server = Server::start(Behaviour::default(), |_| HashMap::new());
@@ -434,6 +483,22 @@ fn open_names_the_problem_and_the_fix() {
     );
     let err = format!("{:#}", data::verify(&root).unwrap_err());
     assert!(err.contains("corrupt"), "{err}");
+
+    // An id outside the vocabulary, with a checksum that agrees (a buggy writer, not a
+    // damaged disk): refused on open, before it could reach the network.
+    let mut foreign = good.clone();
+    foreign[10..12].copy_from_slice(&1000u16.to_le_bytes());
+    fs::write(&val, &foreign).unwrap();
+    let meta = fs::read_to_string(root.join("meta.json")).unwrap();
+    let fixed = meta.replace(&sha_of(&good), &sha_of(&foreign));
+    assert_ne!(fixed, meta, "meta.json records the val checksum");
+    fs::write(root.join("meta.json"), fixed).unwrap();
+    let err = format!("{:#}", open(&root, 16).err().unwrap());
+    assert!(
+        err.contains("val.bin holds id 1000, outside its vocabulary"),
+        "{err}"
+    );
+    fs::write(root.join("meta.json"), meta).unwrap();
 
     fs::write(&val, &good).unwrap();
     assert!(data::verify(&root).unwrap().contains("ok"));

@@ -192,8 +192,11 @@ fn eval_rows(run: &Path) -> Vec<EvalRow> {
 fn a_killed_run_resumes_to_the_same_weights_and_logs() {
     let exp = tiny(
         "resume",
-        "max_iters: 30, log_interval: 2, eval_interval: 10, eval_iters: 2, checkpoint: (every: 4)",
+        "max_iters: 30, log_interval: 2, eval_interval: 10, eval_iters: 2, checkpoint: (every: 4), \
+         ema: (beta: 0.9, update_after_step: 5)",
     );
+    // The EMA leaves its warm-up copies at update 5, before the kill: the resumed run must
+    // go on averaging, not just copying or freezing.
     // The reference: one uninterrupted run.
     let straight = tempfile::tempdir().unwrap();
     std::fs::write(straight.path().join("e.ron"), &exp).unwrap();

@@ -349,6 +349,33 @@ fn override_with_bad_value() {
         &["--set train.lr=[1,:1:13", "invalid RON value"],
     );
     rejects(VALID, &["train.lr"], &["must look like path=value"]);
+    // Text without RON's double quotes: the help shows both spellings.
+    rejects(
+        VALID,
+        &["name=foo"],
+        &["expected a string", r#"--set 'name="foo"'"#],
+    );
+    rejects(
+        VALID,
+        &["name=my/run"],
+        &["invalid RON value", r#"--set 'name="my/run"'"#],
+    );
+}
+
+#[test]
+fn synthetic_splits_too_small_for_a_sequence() {
+    rejects(
+        &VALID.replace(
+            "Synthetic(seq_len: 16)",
+            "Synthetic(seq_len: 1500, train_tokens: 1000, eval_tokens: 2000)",
+        ),
+        &[],
+        &[
+            "`dataset.seq_len`",
+            "sequences must fit in the train split",
+            "less than dataset.train_tokens (1000)",
+        ],
+    );
 }
 
 #[test]

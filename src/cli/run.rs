@@ -77,6 +77,8 @@ pub fn run(args: RunArgs) -> Result<()> {
         (Some(dir), _) => train::resume_with(dir, &launch)?,
         (None, Some(file)) => {
             let loaded = spec::load(file, &args.overrides.set)?;
+            // A warning that is an error here (Cuda in a CPU-only build) is reported once.
+            loaded.require_runnable()?;
             eprint!("{}", loaded.warnings.render());
             train::run_with(&loaded, &args.results, &launch)?
         }

@@ -236,13 +236,8 @@ pub fn tokenize(
             let batch = batch?;
             let encoded: Vec<Vec<u32>> = batch
                 .par_iter()
-                .map(|doc| {
-                    if doc.is_empty() {
-                        Ok(Vec::new())
-                    } else {
-                        encode(doc)
-                    }
-                })
+                // Empty documents too: GPT-2 corpora end every document with end-of-text.
+                .map(|doc| encode(doc))
                 .collect::<Result<_>>()?;
             for (doc, ids) in batch.iter().zip(&encoded) {
                 sink(totals.documents, ids)?;

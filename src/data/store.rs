@@ -5,8 +5,8 @@
 //! vocabulary, token counts and sha256 per split, the ddexp version). Splits are memory-mapped.
 //!
 //! Checks on open: the file sizes always (a truncated file is caught at once), and the full
-//! sha256 of every split smaller than [`HASH_ON_OPEN_BYTES`] (text8 entirely, OpenWebText's
-//! val and test). Hashing OpenWebText's 17 GB train split on every run would cost minutes, so
+//! sha256 and the id range of every split smaller than [`HASH_ON_OPEN_BYTES`] (text8 entirely,
+//! OpenWebText's val and test). Hashing OpenWebText's 17 GB train split on every run would cost minutes, so
 //! it is only hashed by `ddexp data verify`, which also checks every id against the vocabulary.
 //!
 //! A folder with `train.npy`, `val.npy`, `test.npy` (uint16, as nanoDD's prepare_text8.py
@@ -229,7 +229,7 @@ pub struct Prepared {
 /// How thoroughly [`open_folder`] checks the split files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Check {
-    /// Sizes always; sha256 of splits up to [`HASH_ON_OPEN_BYTES`].
+    /// Sizes always; sha256 and ids of splits up to [`HASH_ON_OPEN_BYTES`].
     Open,
     /// Sizes, sha256 of every split, and every id against the vocabulary.
     Full,
@@ -325,7 +325,10 @@ fn open_ddexp(root: &Path, meta_path: &Path, check: Check) -> Result<Folder> {
             },
             record.tokens,
         );
-        if check == Check::Full || found <= HASH_ON_OPEN_BYTES {
+        // Small splits are read whole on every open, so their ids are checked too (an id
+        // outside the vocabulary would otherwise surface as a panic inside the network).
+        let read_whole = check == Check::Full || found <= HASH_ON_OPEN_BYTES;
+        if read_whole {
             let digest = sha256_file(&path)?;
             ensure!(
                 digest == record.sha256,
@@ -335,7 +338,7 @@ fn open_ddexp(root: &Path, meta_path: &Path, check: Check) -> Result<Folder> {
             );
         }
         let tokens = Tokens::mapped(&path, 0, record.tokens as usize)?;
-        if check == Check::Full {
+        if read_whole {
             check_ids(&tokens, &vocab, &path)?;
         }
         splits.push(tokens);

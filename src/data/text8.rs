@@ -37,6 +37,21 @@ pub struct PrepareText8 {
 
 /// Downloads or reads text8, checks its alphabet, and writes the three splits to `root`.
 pub fn prepare_text8(args: &PrepareText8) -> Result<Prepared> {
+    if let Text8Source::File(path) = &args.source {
+        // Checked before anything is created, so a mistyped --from leaves no folders behind.
+        if path.is_dir() {
+            bail!(
+                "{} is a folder; --from takes text8.zip or the unzipped text8 file",
+                path.display()
+            );
+        }
+        if !path.is_file() {
+            bail!(
+                "{} does not exist; --from takes text8.zip or the unzipped text8 file",
+                path.display()
+            );
+        }
+    }
     let command = format!("ddexp data prepare text8 --root {}", args.root.display());
     let staging = Staging::begin(&args.root, args.force, &command)?;
     let download_dir = download_dir(&args.root);
@@ -54,7 +69,21 @@ pub fn prepare_text8(args: &PrepareText8) -> Result<Prepared> {
     let vocab = Vocab::text8();
     let stream = staging.dir().join("stream.bin");
     let mut writer = SplitWriter::create(stream.clone(), vocab.size())?;
-    let input_bytes = encode_file(&path, &mut writer)?;
+    let input_bytes = match encode_file(&path, &mut writer) {
+        Ok(bytes) => bytes,
+        // A download that is not text8 (an error page, a truncated or foreign file) must
+        // not be reused by the next prepare.
+        Err(e) if matches!(args.source, Text8Source::Url(_)) => {
+            if fs::remove_file(&path).is_err() {
+                return Err(e);
+            }
+            bail!(
+                "{e:#}\n(the downloaded {} was removed, so the next prepare downloads it again)",
+                path.display()
+            );
+        }
+        Err(e) => return Err(e),
+    };
     writer.finish()?;
     let splits = store::split_contiguous(&staging, &stream, &vocab)?;
     let meta = Meta::new(Kind::Text8, &vocab, splits, vec![source]);

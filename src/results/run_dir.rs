@@ -78,11 +78,11 @@ impl RunDir {
         })
     }
 
-    /// Prepares a stopped run to continue from the checkpoint at `checkpoint_iter`: refuses a
-    /// run whose process is still alive or that completed, drops the CSV rows logged after the checkpoint
-    /// (so the resumed run neither repeats nor skips rows) and marks the run `running` in this
-    /// process.
-    pub fn resume(&mut self, checkpoint_iter: u64) -> Result<()> {
+    /// Prepares a stopped run to continue from the checkpoint at `checkpoint_iter` (of
+    /// `max_iters`): refuses a run whose process is still alive or that completed, drops the
+    /// CSV rows the resumed run writes again (so it neither repeats nor skips rows) and marks
+    /// the run `running` in this process.
+    pub fn resume(&mut self, checkpoint_iter: u64, max_iters: u64) -> Result<()> {
         if self.info.status == RunStatus::Completed {
             bail!(
                 "{} already completed; nothing to resume (start a new run with `ddexp run {}`)",
@@ -100,11 +100,14 @@ impl RunDir {
         }
         truncate_after::<TrainRow>(&self.csv_path::<TrainRow>(), checkpoint_iter)?;
         truncate_after::<ValRow>(&self.csv_path::<ValRow>(), checkpoint_iter)?;
-        // Final-evaluation rows at the checkpoint's iteration come from an evaluation that
-        // did not finish with the run; the resumed run writes them again.
-        retain_rows::<EvalRow>(&self.csv_path::<EvalRow>(), |row| {
-            row.iter < checkpoint_iter
-        })?;
+        // The run's own final evaluation starts only once training reached max_iters; its
+        // rows from an evaluation that did not finish with the run are written again. Rows
+        // of `ddexp eval` on a run stopped earlier stay.
+        if checkpoint_iter >= max_iters {
+            retain_rows::<EvalRow>(&self.csv_path::<EvalRow>(), |row| {
+                row.iter < checkpoint_iter
+            })?;
+        }
         self.info.claim();
         self.info.checkpoint_iter = Some(checkpoint_iter);
         self.save_info()
@@ -338,16 +341,35 @@ mod tests {
         })
         .unwrap();
 
+        // `ddexp eval` of the stopped run's checkpoint at 20.
+        let eval_row = |iter| EvalRow {
+            split: crate::spec::Split::Val,
+            weights: crate::results::Weights::Ema,
+            kl_bits: 1.0,
+            kl_se: 0.1,
+            recon_bits: 0.5,
+            recon_se: 0.05,
+            bits_per_token: 1.5,
+            se: 0.11,
+            kl_batches: 2,
+            recon_batches: 1,
+            batch_size: 4,
+            iter,
+            timestamp: String::new(),
+        };
+        let mut evals = run.log::<EvalRow>().unwrap();
+        evals.append(&eval_row(20)).unwrap();
+
         // Our own process is alive and says `running`: resuming now would share the folder.
         let mut same = RunDir::open(run.path()).unwrap();
-        let err = same.resume(20).unwrap_err().to_string();
+        let err = same.resume(20, 40).unwrap_err().to_string();
         assert!(err.contains("is in use"), "{err}");
 
         run.finish(RunStatus::Interrupted, None).unwrap();
         let mut resumed = RunDir::open(run.path()).unwrap();
         assert_eq!(resumed.info().status, RunStatus::Interrupted);
         assert!(resumed.info().ended.is_some());
-        resumed.resume(20).unwrap();
+        resumed.resume(20, 40).unwrap();
         let info = RunInfo::load(&run.path().join(RUN_INFO_FILE)).unwrap();
         assert_eq!(info.status, RunStatus::Running);
         assert_eq!(info.ended, None);
@@ -357,6 +379,18 @@ mod tests {
         assert_eq!(train.iter().map(|r| r.iter).collect::<Vec<_>>(), [10, 20]);
         let val = read_rows::<ValRow>(&run.csv_path::<ValRow>()).unwrap();
         assert_eq!(val.iter().map(|r| r.iter).collect::<Vec<_>>(), [20]);
+        let eval_iters = || {
+            read_rows::<EvalRow>(&run.csv_path::<EvalRow>())
+                .unwrap()
+                .iter()
+                .map(|r| r.iter)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            eval_iters(),
+            [20],
+            "a user's evaluation is not the run's to drop"
+        );
 
         resumed
             .finish(
@@ -370,6 +404,13 @@ mod tests {
             info.error.as_deref(),
             Some("non-finite loss at iteration 25")
         );
+
+        // Stopped during its final evaluation (checkpoint at max_iters): that evaluation's
+        // rows are written again by the resumed run, so they go.
+        evals.append(&eval_row(40)).unwrap();
+        let mut last = RunDir::open(run.path()).unwrap();
+        last.resume(40, 40).unwrap();
+        assert_eq!(eval_iters(), [20]);
     }
 
     #[test]
@@ -386,7 +427,7 @@ mod tests {
         info.save(&run.path().join(RUN_INFO_FILE)).unwrap();
         let mut reopened = RunDir::open(run.path()).unwrap();
         assert!(!reopened.info().is_live());
-        reopened.resume(0).unwrap();
+        reopened.resume(0, 10).unwrap();
         assert_eq!(reopened.info().pid, std::process::id());
     }
 

@@ -339,11 +339,15 @@ impl<'s> Document<'s> {
             }
             Value::Unit(_) | Value::Struct { .. } | Value::Tuple { .. } => {
                 let expected = schema.map_or("a plain value".into(), |s| self.schema.describe(s));
-                self.diagnostics.push(
-                    Diagnostic::error(node.span.clone(), path, "wrong type")
-                        .expected(expected)
-                        .found(node.value.describe()),
-                );
+                let mut diagnostic = Diagnostic::error(node.span.clone(), path, "wrong type")
+                    .found(node.value.describe());
+                // A bare word where text belongs: RON wants it quoted.
+                if let Value::Unit(word) = &node.value
+                    && expected == "a string"
+                {
+                    diagnostic = diagnostic.help(super::validate::quote_help(path, &word.name));
+                }
+                self.diagnostics.push(diagnostic.expected(expected));
                 Json::Null
             }
         }

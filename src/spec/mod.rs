@@ -222,11 +222,15 @@ fn apply_override(doc: &mut Document, text: &str, base: usize) {
     let value_base = base + eq + 1;
     match ron_tree::parse_at(&text[eq + 1..], value_base) {
         Ok(value) => doc.apply_override(path, base..base + eq, &value),
-        Err(e) => doc.diagnostics.push(Diagnostic::error(
-            e.span,
-            path,
-            format!("invalid RON value: {}", e.message),
-        )),
+        Err(e) => {
+            let value = text[eq + 1..].trim();
+            let mut diagnostic =
+                Diagnostic::error(e.span, path, format!("invalid RON value: {}", e.message));
+            if !value.starts_with(['"', '(', '[']) {
+                diagnostic = diagnostic.help(validate::quote_help(path, value));
+            }
+            doc.diagnostics.push(diagnostic)
+        }
     }
 }
 

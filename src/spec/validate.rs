@@ -229,18 +229,22 @@ pub fn semantic(e: &Experiment) -> Vec<Problem> {
     if let super::Dataset::Synthetic {
         seq_len,
         eval_tokens,
+        train_tokens,
         ..
     } = &e.dataset
-        && seq_len >= eval_tokens
     {
-        problems.push(Problem {
-            expected: Some(format!("less than dataset.eval_tokens ({eval_tokens})")),
-            found: Some(seq_len.to_string()),
-            ..problem(
-                "dataset.seq_len",
-                "sequences must fit in the val and test splits".into(),
-            )
-        });
+        for (tokens, field, splits) in [
+            (train_tokens, "train_tokens", "the train split"),
+            (eval_tokens, "eval_tokens", "the val and test splits"),
+        ] {
+            if seq_len >= tokens {
+                problems.push(Problem {
+                    expected: Some(format!("less than dataset.{field} ({tokens})")),
+                    found: Some(seq_len.to_string()),
+                    ..problem("dataset.seq_len", format!("sequences must fit in {splits}"))
+                });
+            }
+        }
     }
     if e.topology.backend == Backend::Cuda && !crate::backend::CUDA_AVAILABLE {
         problems.push(Problem {
@@ -254,4 +258,12 @@ pub fn semantic(e: &Experiment) -> Vec<Problem> {
 /// What to tell a user who asks for CUDA from a binary built without it.
 pub fn cuda_missing_message() -> String {
     "this ddexp was built without CUDA; rebuild with `cargo build --release --features cuda` to run it on a GPU (or set topology.backend to Cpu)".into()
+}
+
+/// How to write text in RON, on a command line too (shells eat unprotected double quotes).
+pub(crate) fn quote_help(path: &str, text: &str) -> String {
+    format!(
+        "RON strings are in double quotes: {path}: \"{text}\" in a file, \
+         --set '{path}=\"{text}\"' on a command line"
+    )
 }

@@ -3,10 +3,9 @@
 //! then update n (counted from 0) blends with decay min(beta, (n − k) / (n − k + 1)), which
 //! is a running mean of the weights since step k until the cap takes over.
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
-use std::collections::HashMap;
 
 use crate::spec;
 
@@ -53,43 +52,55 @@ impl<B: Backend, M: Module<B>> Ema<B, M> {
             self.weights = current;
             return;
         };
-        let mut collect = Collect::<B>(HashMap::new());
+        let mut collect = Collect::<B>(Vec::new());
         current.visit(&mut collect);
         let mut blend = Blend {
-            current: collect.0,
+            current: collect.0.into_iter(),
             decay: d,
         };
         self.weights = self.weights.clone().map(&mut blend);
+        assert!(
+            blend.current.next().is_none(),
+            "the EMA has fewer parameters than the model"
+        );
     }
 }
 
-/// Parameter values by id, type-erased to 1-D so one map holds every rank.
-struct Collect<B: Backend>(HashMap<ParamId, Tensor<B, 1>>);
+/// Parameter values in visiting order, type-erased to 1-D so one list holds every rank.
+///
+/// Parameters are paired by position, not by `ParamId`: a network rebuilt from a checkpoint
+/// gets new ids, and pairing by id would silently stop the average after a resume.
+struct Collect<B: Backend>(Vec<Tensor<B, 1>>);
 
 impl<B: Backend> ModuleVisitor<B> for Collect<B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         let t = param.val();
         let n = t.shape().num_elements();
-        self.0.insert(param.id, t.reshape([n]));
+        self.0.push(t.reshape([n]));
     }
 }
 
 struct Blend<B: Backend> {
-    current: HashMap<ParamId, Tensor<B, 1>>,
+    current: std::vec::IntoIter<Tensor<B, 1>>,
     decay: f64,
 }
 
 impl<B: Backend> ModuleMapper<B> for Blend<B> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
         let (id, ema, mapper) = param.consume();
-        let value = match self.current.remove(&id) {
-            Some(w) => {
-                let w = w.reshape(ema.shape());
-                ema.mul_scalar(self.decay)
-                    .add(w.mul_scalar(1.0 - self.decay))
-            }
-            None => ema,
-        };
+        let w = self
+            .current
+            .next()
+            .expect("the EMA has more parameters than the model");
+        let shape = ema.shape();
+        assert_eq!(
+            w.shape().num_elements(),
+            shape.num_elements(),
+            "the EMA and the model differ in structure"
+        );
+        let value = ema
+            .mul_scalar(self.decay)
+            .add(w.reshape(shape).mul_scalar(1.0 - self.decay));
         Param::from_mapped_value(id, value, mapper)
     }
 }
@@ -150,5 +161,22 @@ mod tests {
         let w = weights(&ema.weights);
         assert!(w.iter().all(|x| (x - 6.0).abs() < 1e-6), "{w:?}");
         assert_eq!(ema.updates, 5);
+    }
+
+    #[test]
+    fn a_resumed_ema_averages_a_network_with_other_parameter_ids() {
+        // After a resume the EMA and the model are rebuilt from a checkpoint separately, so
+        // their parameters no longer share ids; the average must go on regardless.
+        let device = Default::default();
+        let saved = LinearConfig::new(2, 2).init::<Flex>(&device);
+        let model = LinearConfig::new(2, 2).init::<Flex>(&device);
+        assert_ne!(saved.weight.id, model.weight.id);
+        let cfg = spec::Ema {
+            beta: 0.9,
+            update_after_step: 2,
+        };
+        let mut ema = Ema::resume(with_weight(&saved, 2.0), 3, &cfg);
+        ema.update(with_weight(&model, 8.0)); // n = 3: decay 1/2 -> 5
+        assert_eq!(weights(&ema.weights), [5.0; 4]);
     }
 }

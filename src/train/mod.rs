@@ -94,7 +94,7 @@ pub fn resume_with(run_dir: &Path, launch: &Launch) -> Result<RunReport> {
         );
     }
     let corpus = data::open(&experiment.dataset)?;
-    run.resume(ckpt.iteration)?;
+    run.resume(ckpt.iteration, experiment.train.max_iters)?;
     eprintln!(
         "resuming {} at iteration {}",
         run.path().display(),
