@@ -95,6 +95,27 @@ fn imported_fixtures_reload_with_the_reference_logits() {
     }
 }
 
+#[test]
+fn the_recorded_training_arguments_are_kept() {
+    // tiny_text8's ckpt.pt records training_args {batch_size: 3, learning_rate: 1e-3,
+    // weight_decay: 0.1, training_seed: 0} and total_batch_size 3: one micro-batch per step.
+    let case = common::fixture_cases()
+        .into_iter()
+        .find(|case| common::case_name(case) == "tiny_text8")
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("tiny");
+    import_nanodd(&case.join("ckpt.pt"), &out, WeightSet::Ema).unwrap();
+    let experiment = ddexp::spec::load(&out.join(EXPERIMENT_FILE), &[])
+        .unwrap()
+        .experiment;
+    let train = &experiment.train;
+    assert_eq!((train.batch_size, train.grad_accum), (3, 1));
+    assert_eq!((train.lr, train.weight_decay), (1e-3, 0.1));
+    assert_eq!(experiment.seed, 0);
+    assert_eq!(experiment.global_batch(), 3);
+}
+
 /// The first fixture checkpoint, for the corruption tests.
 fn fixture_ckpt() -> PathBuf {
     common::fixture_cases()

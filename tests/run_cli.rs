@@ -260,6 +260,36 @@ fn a_killed_run_resumes_to_the_same_weights_and_logs() {
 }
 
 #[test]
+fn a_validation_without_kl_term_is_not_divergence() {
+    // One validation sequence at T = 10: with this seed it draws t = 0 at every validation,
+    // so there is a loss but no KL term and no l_T (NaN, as in the reference).
+    let dir = tempfile::tempdir().unwrap();
+    let exp = tiny("no_kl", "max_iters: 10, eval_interval: 5, eval_iters: 1")
+        .replace(
+            "batch_size: 4, grad_accum: 2",
+            "batch_size: 1, grad_accum: 1",
+        )
+        .replace(
+            "    sampler: LowDiscrepancy,\n",
+            "    sampler: LowDiscrepancy,\n    model: D3pmAbsorbing(timesteps: 10),\n",
+        );
+    std::fs::write(dir.path().join("e.ron"), &exp).unwrap();
+    let out = ddexp(&["run", "e.ron"], dir.path());
+    assert!(out.status.success(), "{}", text(&out));
+    let run = run_dir(dir.path(), "no_kl");
+    let val = val_rows(&run);
+    assert!(!val.is_empty());
+    assert!(
+        val.iter().all(|r| r.kl.is_nan() && r.loss.is_finite()),
+        "the case under test: no KL term at any validation, {val:?}"
+    );
+    assert!(
+        !run.join("checkpoints/best.safetensors").exists(),
+        "no l_T, so no best checkpoint"
+    );
+}
+
+#[test]
 fn divergence_stops_the_run_and_keeps_the_last_good_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     // lr(0) = 0 keeps the first step harmless; from the second the rate is absurd.

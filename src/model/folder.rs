@@ -334,14 +334,49 @@ fn experiment_from_args(
             }
         }
     };
+    let mut dataset = dataset;
+    if let Some(&len) = training_args.get("seq_len") {
+        match &mut dataset {
+            spec::Dataset::Text8 { seq_len, .. }
+            | spec::Dataset::OpenWebText { seq_len, .. }
+            | spec::Dataset::Text { seq_len, .. }
+            | spec::Dataset::Synthetic { seq_len, .. } => *seq_len = len as usize,
+        }
+    }
+    // Every hyper-parameter the checkpoint records wins over ddexp's defaults.
     let mut train = spec::Train::default();
-    if let Some(&b) = training_args.get("batch_size") {
+    let arg = |name: &str| training_args.get(name).copied();
+    if let Some(b) = arg("batch_size") {
         train.batch_size = b as usize;
     }
-    if let Some(&lr) = training_args.get("learning_rate") {
+    // The imported experiment has one device. total_batch_size (sequences per step over all
+    // GPUs) keeps the reference's global batch on it; without it, nanoDD's per-process
+    // gradient_accumulation_steps is the best record there is.
+    match (arg("total_batch_size"), arg("gradient_accumulation_steps")) {
+        (Some(total), _)
+            if train.batch_size > 0 && (total as usize).is_multiple_of(train.batch_size) =>
+        {
+            train.grad_accum = (total as usize / train.batch_size).max(1);
+        }
+        (_, Some(n)) => train.grad_accum = n as usize,
+        _ => {}
+    }
+    if let Some(lr) = arg("learning_rate") {
         train.lr = lr;
     }
-    if let Some(&wd) = training_args.get("weight_decay") {
+    if let Some(lr) = arg("min_lr") {
+        train.min_lr = lr;
+    }
+    if let Some(n) = arg("warmup_iters") {
+        train.warmup_iters = n as u64;
+    }
+    if let Some(n) = arg("max_iters") {
+        train.max_iters = n as u64;
+    }
+    if let Some(n) = arg("eval_iters") {
+        train.eval_iters = n as u64;
+    }
+    if let Some(wd) = arg("weight_decay") {
         train.weight_decay = wd;
     }
     let experiment = spec::Experiment {

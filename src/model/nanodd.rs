@@ -65,7 +65,8 @@ pub struct ModelArgs {
 pub struct NanoddCheckpoint {
     pub model_args: ModelArgs,
     /// `training_args` when the checkpoint records them (recent nanoDD versions):
-    /// batch_size, learning_rate, weight_decay, training_seed, ...
+    /// batch_size, learning_rate, weight_decay, training_seed, ..., plus the top-level
+    /// `total_batch_size`.
     pub training_args: HashMap<String, f64>,
     /// `iter_num`, when recorded.
     pub iter_num: Option<u64>,
@@ -118,13 +119,17 @@ pub fn read_checkpoint(path: &Path, which: WeightSet) -> Result<NanoddCheckpoint
         return Err(not_nanodd("`model_args` is not a dict"));
     };
     let model_args = parse_model_args(args).with_context(|| format!("{}", path.display()))?;
-    let training_args = match root.get("training_args") {
+    let mut training_args: HashMap<String, f64> = match root.get("training_args") {
         Some(PickleValue::Dict(args)) => args
             .iter()
             .filter_map(|(k, v)| Some((k.clone(), number(v)?)))
             .collect(),
         _ => HashMap::new(),
     };
+    // Sequences per optimiser step over every GPU, recorded next to training_args.
+    if let Some(total) = root.get("total_batch_size").and_then(number) {
+        training_args.insert("total_batch_size".into(), total);
+    }
     let iter_num = match root.get("iter_num") {
         Some(PickleValue::Int(n)) if *n >= 0 => Some(*n as u64),
         _ => None,

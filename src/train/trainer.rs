@@ -325,13 +325,16 @@ pub fn train<B: AutodiffBackend>(
                 t.eval_iters,
                 t.batch_size,
             )?;
-            if !val.loss().is_finite() || !val.l_t().is_finite() {
+            // A tiny validation may draw t = 0 for every sequence: then there is no KL term
+            // and no l_T to judge (NaN, as in the reference), which is not divergence.
+            let has_l_t = val.kl_tokens > 0;
+            if !val.loss().is_finite() || (has_l_t && !val.l_t().is_finite()) {
                 bail!(
                     "non-finite validation loss at iteration {it}: the weights diverged; {}",
                     kept(last_checkpoint, &main)
                 );
             }
-            let best = state.best_val_l_t.is_none_or(|b| val.l_t() < b);
+            let best = has_l_t && state.best_val_l_t.is_none_or(|b| val.l_t() < b);
             if best {
                 state.best_val_l_t = Some(val.l_t());
             }
