@@ -9,6 +9,7 @@
 //! of their own, so two evaluations with the same settings see exactly the same tokens.
 
 use std::f64::consts::LN_2;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -93,15 +94,16 @@ impl Running {
 }
 
 /// Estimates bits/token of `net` on `split`. `progress` is called after every batch with the
-/// number of batches done and the running state.
+/// number of batches done and the running state; `ControlFlow::Break` stops the estimate
+/// (then `None`).
 pub fn estimate<B: Backend>(
     net: &Dit<B>,
     diffusion: &Diffusion,
     corpus: &Corpus,
     split: Split,
     settings: &EvalSettings,
-    mut progress: impl FnMut(u64, &Running),
-) -> Estimate {
+    mut progress: impl FnMut(u64, &Running) -> ControlFlow<()>,
+) -> Option<Estimate> {
     let device = net.devices()[0].clone();
     let timesteps = diffusion.timesteps();
     let mut running = Running::default();
@@ -132,9 +134,11 @@ pub fn estimate<B: Backend>(
         } else {
             running.recon.merge(&Moments::of_sequence_means(terms.ce));
         }
-        progress(batch + 1, &running);
+        if progress(batch + 1, &running).is_break() {
+            return None;
+        }
     }
-    running.estimate(split, timesteps)
+    Some(running.estimate(split, timesteps))
 }
 
 /// `ddexp eval`'s choices; `None` takes the experiment's eval section.
@@ -318,7 +322,9 @@ impl Job for EvalJob<'_> {
                     self.corpus,
                     split,
                     &self.settings,
+                    &|| false,
                 )
+                .expect("an evaluation that is never stopped finishes")
             })
             .collect())
     }
@@ -345,14 +351,16 @@ fn eval_row(estimate: &Estimate, settings: &EvalSettings, opened: &Opened) -> Ev
     }
 }
 
-/// [`eval::estimate`] with a progress bar showing the running estimate.
+/// [`estimate`] with a progress bar showing the running estimate; `None` when `stop()`
+/// turned true between two batches.
 pub fn evaluate_with_progress<B: Backend>(
     net: &Dit<B>,
     diffusion: &Diffusion,
     corpus: &Corpus,
     split: Split,
     settings: &EvalSettings,
-) -> Estimate {
+    stop: &dyn Fn() -> bool,
+) -> Option<Estimate> {
     let bar = ProgressBar::new(settings.kl_batches + settings.recon_batches);
     bar.set_style(
         ProgressStyle::with_template("{prefix} {bar:30} {pos}/{len} batches | {msg} | eta {eta}")
@@ -369,6 +377,10 @@ pub fn evaluate_with_progress<B: Backend>(
                 e.bits_per_token(),
                 e.std_error()
             ));
+        }
+        match stop() {
+            true => ControlFlow::Break(()),
+            false => ControlFlow::Continue(()),
         }
     });
     bar.finish_and_clear();

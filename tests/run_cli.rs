@@ -260,6 +260,46 @@ fn a_killed_run_resumes_to_the_same_weights_and_logs() {
 }
 
 #[test]
+fn ctrl_c_during_the_final_evaluation_stops_it() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    // A final evaluation far too long to wait for.
+    let dir = tempfile::tempdir().unwrap();
+    let exp = tiny("final", "max_iters: 4, eval_interval: 4, eval_iters: 1")
+        .replace("kl_batches: 3", "kl_batches: 100000000");
+    std::fs::write(dir.path().join("e.ron"), &exp).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ddexp"))
+        .args(["run", "e.ron"])
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    for line in stderr.by_ref() {
+        if line.unwrap().starts_with("val @ 4:") {
+            break;
+        }
+    }
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
+    let rest: Vec<String> = stderr.map(Result::unwrap).collect();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{rest:?}");
+    assert!(
+        rest.iter().any(|l| l.contains("final evaluation interrupted")),
+        "{rest:?}"
+    );
+    let run = run_dir(dir.path(), "final");
+    let info = RunInfo::load(&run.join("run.json")).unwrap();
+    assert_eq!(info.status, RunStatus::Interrupted);
+    let ckpt = Checkpoint::load(&run.join("checkpoints/latest.safetensors")).unwrap();
+    assert_eq!(
+        ckpt.iteration, 4,
+        "the resumable checkpoint is the last one"
+    );
+}
+
+#[test]
 fn a_validation_without_kl_term_is_not_divergence() {
     // One validation sequence at T = 10: with this seed it draws t = 0 at every validation,
     // so there is a loss but no KL term and no l_T (NaN, as in the reference).

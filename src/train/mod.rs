@@ -282,8 +282,16 @@ fn train_and_evaluate<B: AutodiffBackend>(
     let mut log = run.log::<EvalRow>()?;
     let mut estimates = vec![];
     for &split in &experiment.eval.splits {
-        let estimate =
-            eval::evaluate_with_progress(&trained.ema, &diffusion, corpus, split, &settings);
+        let stop = interrupt::requested;
+        let Some(estimate) =
+            eval::evaluate_with_progress(&trained.ema, &diffusion, corpus, split, &settings, &stop)
+        else {
+            // The checkpoint at max_iters is on disk: a resumed run evaluates again.
+            log.sync()?;
+            eprintln!("final evaluation interrupted");
+            let iteration = trained.iteration;
+            return Ok((Ending::Interrupted { iteration }, vec![]));
+        };
         log.append(&EvalRow {
             split,
             weights: Weights::Ema,
