@@ -286,7 +286,8 @@ fn ctrl_c_during_the_final_evaluation_stops_it() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130), "{rest:?}");
     assert!(
-        rest.iter().any(|l| l.contains("final evaluation interrupted")),
+        rest.iter()
+            .any(|l| l.contains("final evaluation interrupted")),
         "{rest:?}"
     );
     let run = run_dir(dir.path(), "final");

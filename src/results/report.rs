@@ -276,6 +276,12 @@ pub fn report(opts: &ReportOptions) -> Result<Report> {
         );
     }
     for run in &runs {
+        if run.info.status != RunStatus::Completed {
+            notes.push(format!(
+                "{} is {}: listed, but left out of its group's final bits/token",
+                run.name, run.info.status
+            ));
+        }
         let skipped = run.train.iter().filter(|r| !r.loss.is_finite()).count();
         if skipped > 0 {
             notes.push(format!(
@@ -662,8 +668,11 @@ fn summarise(
             let values: Vec<f64> = group.members.iter().filter_map(|&i| f(&runs[i])).collect();
             mean_se(&values)
         };
-        let val = of(&|r| r.val_final.map(|f| f.bits));
-        let test = of(&|r| r.test_final.map(|f| f.bits));
+        // Final bits/token only of runs that finished: a stopped run's last validation is
+        // another estimator at another iteration.
+        let finished = |r: &Run| r.info.status == RunStatus::Completed;
+        let val = of(&|r| r.val_final.filter(|_| finished(r)).map(|f| f.bits));
+        let test = of(&|r| r.test_final.filter(|_| finished(r)).map(|f| f.bits));
         let noise = of(&|r| r.noise);
         let train_loss = of(&|r| r.final_train_loss);
         let speed = of(&|r| r.tokens_per_s);

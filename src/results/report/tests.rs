@@ -363,6 +363,17 @@ fn discovery_covers_results_names_and_skips_broken_runs() {
         (RunStatus::Running, "val.csv", None)
     );
     close(other.val_bits, 2.5, "val from val.csv");
+    // ... but a run that is still going has no final bits/token for its group.
+    assert_eq!(summary[1].runs, 1);
+    assert_eq!((summary[1].val_bits, summary[1].test_bits), (None, None));
+    assert!(
+        report
+            .notes
+            .iter()
+            .any(|n| n.contains("other/") && n.contains("is running: listed, but left out")),
+        "{:?}",
+        report.notes
+    );
     assert!(
         report
             .notes
