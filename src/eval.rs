@@ -387,6 +387,15 @@ pub fn evaluate_with_progress<B: Backend>(
     estimate
 }
 
+/// `value ± standard error`, or `value ± n/a` where there is no standard error (one batch or
+/// one sequence).
+pub fn plus_minus(value: f64, se: f64) -> String {
+    match se.is_finite() {
+        true => format!("{value:.4} ± {se:.4}"),
+        false => format!("{value:.4} ± n/a"),
+    }
+}
+
 /// The final table: one row per split.
 pub fn format_estimates(estimates: &[Estimate]) -> String {
     let mut s = format!(
@@ -394,7 +403,7 @@ pub fn format_estimates(estimates: &[Estimate]) -> String {
         "split", "KL term (bits)", "recon term (bits)", "bits/token"
     );
     for e in estimates {
-        let cell = |v: f64, se: f64| format!("{v:.4} ± {se:.4}");
+        let cell = |v: f64, se: f64| plus_minus(v, se);
         s.push_str(&format!(
             "{:<6} {:>20} {:>20} {:>20}\n",
             e.split.name(),

@@ -314,6 +314,10 @@ fn http_errors_are_reported() {
     );
     assert!(err.contains("404"), "{err}");
     assert!(!out.path().join("text8").exists());
+    assert!(
+        !out.path().join("text8.download").exists(),
+        "nothing was downloaded, so no download folder"
+    );
 }
 
 #[test]

@@ -123,6 +123,12 @@ fn an_invalid_member_stops_the_sweep_before_anything_runs() {
     );
     assert!(shown.contains("nothing was run or written"), "{shown}");
     assert!(!work.path().join("results").exists(), "nothing is written");
+
+    let out = ddexp(&["sweep", "no_such_sweep"], work.path());
+    assert!(!out.status.success());
+    let shown = text(&out);
+    assert!(shown.contains("no_such_sweep does not exist"), "{shown}");
+    assert!(!work.path().join("results").exists(), "nothing is written");
 }
 
 #[test]

@@ -379,6 +379,19 @@ fn synthetic_splits_too_small_for_a_sequence() {
 }
 
 #[test]
+fn orchestrator_that_is_not_an_address() {
+    rejects(
+        VALID,
+        &[r#"topology.orchestrator=Some("10.0.0.1")"#],
+        &[
+            "`topology.orchestrator`",
+            "not an address: no `:port`",
+            "host:port of node 0",
+        ],
+    );
+}
+
+#[test]
 fn overrides_reach_defaults_and_variants() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("exp.ron");

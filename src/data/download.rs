@@ -42,10 +42,6 @@ pub fn download(url: &str, dest: &Path) -> Result<()> {
     if dest.exists() {
         return Ok(());
     }
-    if let Some(parent) = dest.parent() {
-        fs::create_dir_all(parent)
-            .with_context(|| format!("cannot create {}", parent.display()))?;
-    }
     let part = part_path(dest);
     let have = fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
 
@@ -57,6 +53,11 @@ pub fn download(url: &str, dest: &Path) -> Result<()> {
     let response = request
         .call()
         .with_context(|| format!("cannot reach {url}"))?;
+    // The folder only once the server answers, so a wrong URL leaves nothing behind.
+    if let Some(parent) = dest.parent() {
+        fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
     let status = response.status().as_u16();
     let content_length = response.body().content_length();
     let resumed = have > 0 && status == 206 && content_range_starts_at(&response, have);

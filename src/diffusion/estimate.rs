@@ -105,8 +105,12 @@ impl Moments {
         self.sum / self.count as f64
     }
 
-    /// Standard error of the mean (sample variance with n − 1); NaN below two values.
+    /// Standard error of the mean (sample variance with n − 1); NaN below two values, which
+    /// have no spread to measure (0 would claim an exact estimate).
     pub fn std_error(&self) -> f64 {
+        if self.count < 2 {
+            return f64::NAN;
+        }
         let n = self.count as f64;
         let var = (self.sum_sq - self.sum * self.sum / n) / (n - 1.0);
         (var.max(0.0) / n).sqrt()
@@ -161,5 +165,11 @@ mod tests {
         m.merge(&copy);
         assert_eq!(m.count, 8);
         assert_eq!(m.mean(), 3.0);
+        let one = Moments {
+            count: 1,
+            sum: 2.0,
+            sum_sq: 4.0,
+        };
+        assert!(one.std_error().is_nan(), "one value has no standard error");
     }
 }

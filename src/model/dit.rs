@@ -4,6 +4,8 @@
 //! Shapes: B sequences of L tokens, width d = n_embed, H heads of size h_d = d / H,
 //! K classes (vocabulary + the mask token).
 
+use std::sync::{Mutex, MutexGuard};
+
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, Embedding, Linear};
 use burn::tensor::activation::{sigmoid, silu};
@@ -281,26 +283,35 @@ fn chunks<B: Backend, const N: usize>(x: Tensor<B, 3>) -> [Tensor<B, 3>; N] {
         .unwrap_or_else(|_| unreachable!("chunk of a dimension divisible by {N}"))
 }
 
+/// Serialises dropout draws within the process: see [`seed_dropout`].
+static DROPOUT_DRAWS: Mutex<()> = Mutex::new(());
+
 /// Seeds the backend's generator, which draws the dropout masks, from the stream
 /// `(seed, Dropout, [iteration, micro, rank])`: call it before each training forward so the
-/// masks are a function of where the step is, like every other random draw.
+/// masks are a function of where the step is, like every other random draw. Keep the guard
+/// it returns until the forward has drawn its masks.
 ///
 /// Burn's dropout draws from the backend's own generator (`Backend::seed`). On flex that is
-/// one generator per process, consumed in operation order: deterministic for one training
-/// thread; replicas training in one process share it, so the training step holds a lock
-/// from this call to the end of the forward when dropout is on. On CUDA the generator is
-/// also global to the process.
+/// one generator per process, consumed in operation order, and on CUDA it is also global to
+/// the process. Replicas training in one process (or any two threads running a training
+/// forward) share it, so the guard holds a process-wide lock from seeding to the end of the
+/// forward: each forward's masks then depend only on its own stream, whatever the threads'
+/// timing. The forward only launches work on a GPU, so GPUs still compute in parallel; CPU
+/// peers take turns.
+#[must_use = "the lock must be held until the forward has drawn its dropout masks"]
 pub fn seed_dropout<B: Backend>(
     device: &B::Device,
     seed: u64,
     iteration: u64,
     micro: u64,
     rank: u64,
-) {
+) -> MutexGuard<'static, ()> {
+    let guard = DROPOUT_DRAWS.lock().unwrap_or_else(|p| p.into_inner());
     B::seed(
         device,
         derive_seed(seed, Stream::Dropout, &[iteration, micro, rank]),
     );
+    guard
 }
 
 #[cfg(test)]
@@ -381,7 +392,7 @@ mod tests {
         let device = Default::default();
         let train: Dit<Autodiff<Flex>> = busy_net(0.5);
         let run = |seed: u64| {
-            seed_dropout::<Autodiff<Flex>>(&device, 9, seed, 0, 0);
+            let _draws = seed_dropout::<Autodiff<Flex>>(&device, 9, seed, 0, 0);
             train.forward(x.clone(), t.clone()).into_data()
         };
         assert_eq!(run(1), run(1), "same stream, same masks");

@@ -43,6 +43,25 @@ pub fn finish(tmp: &Path, path: &Path, written: std::io::Result<()>) -> Result<(
     Ok(())
 }
 
+/// Removes the temporary files (`temp_path`) that a writer killed mid-write left in `dir`;
+/// returns how many. Only for a folder that no live process writes into.
+pub fn remove_leftovers(dir: &Path) -> Result<usize> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Ok(0); // no folder, nothing left over
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') && name.contains(".tmp-") && entry.path().is_file() {
+            fs::remove_file(entry.path())
+                .with_context(|| format!("cannot remove {}", entry.path().display()))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// Best effort: some file systems refuse to open or sync a directory, and the data itself is
 /// already safe in the renamed file.
 fn sync_parent(path: &Path) {
@@ -69,6 +88,23 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, ["a.json"]);
+    }
+
+    #[test]
+    fn leftovers_of_a_killed_writer_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("latest.safetensors");
+        write_atomic(&path, b"good").unwrap();
+        fs::write(temp_path(&path), b"half").unwrap();
+        fs::write(dir.path().join(".hidden"), b"keep").unwrap();
+        assert_eq!(remove_leftovers(dir.path()).unwrap(), 1);
+        let mut names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        assert_eq!(names, [".hidden", "latest.safetensors"]);
+        assert_eq!(remove_leftovers(&dir.path().join("missing")).unwrap(), 0);
     }
 
     #[test]

@@ -415,10 +415,25 @@ fn discover(
         } else {
             let runs = walk_runs(&path)?;
             if runs.is_empty() {
+                // A sweep's definition folder (experiments/x/) is a likely slip for its
+                // results (results/sweeps/x/).
+                let results = fs::canonicalize(&path)
+                    .ok()
+                    .and_then(|p| p.file_name().map(|n| n.to_owned()))
+                    .map(|name| results_root_sweep(&opts.results_root).join(name))
+                    .filter(|r| r.join(SweepMemberRow::FILE).is_file());
                 bail!(
-                    "{} holds no run folders (folders with {RUN_INFO_FILE}) and no sweep {}",
+                    "{} holds no run folders (folders with {RUN_INFO_FILE}) and no sweep {}{}",
                     path.display(),
-                    SweepMemberRow::FILE
+                    SweepMemberRow::FILE,
+                    match results {
+                        Some(r) => format!(
+                            "; the results of the sweep it defines are in {}: `ddexp report {}`",
+                            r.display(),
+                            r.display()
+                        ),
+                        None => String::new(),
+                    }
                 );
             }
             found.extend(runs);
@@ -430,13 +445,18 @@ fn discover(
     Ok((found, single_sweep))
 }
 
+/// The folder `ddexp sweep` writes sweep results into.
+fn results_root_sweep(results_root: &Path) -> PathBuf {
+    results_root.join(crate::sweep::SWEEPS_DIR)
+}
+
 /// An input is a path if it exists, else an experiment name under the results folder, else a
 /// sweep name under `results/sweeps/`.
 fn resolve_input(input: &str, results_root: &Path) -> Result<PathBuf> {
     let candidates = [
         PathBuf::from(input),
         results_root.join(input),
-        results_root.join("sweeps").join(input),
+        results_root_sweep(results_root).join(input),
     ];
     if let Some(path) = candidates.iter().find(|p| p.exists()) {
         return Ok(path.clone());

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use super::atomic::write_atomic;
+use super::atomic::{self, write_atomic};
 use super::csv_log::{CsvLog, EvalRow, LogRow, TrainRow, ValRow, retain_rows, truncate_after};
 use super::loss_chart;
 use super::run_info::{RunInfo, RunStatus, now};
@@ -97,6 +97,10 @@ impl RunDir {
                 self.path.display(),
                 self.info.pid
             );
+        }
+        // No live process writes here, so temporary files are a killed writer's leftovers.
+        for dir in [self.path.clone(), self.checkpoints_dir()] {
+            atomic::remove_leftovers(&dir)?;
         }
         truncate_after::<TrainRow>(&self.csv_path::<TrainRow>(), checkpoint_iter)?;
         truncate_after::<ValRow>(&self.csv_path::<ValRow>(), checkpoint_iter)?;

@@ -423,6 +423,24 @@ impl Default for Topology {
     }
 }
 
+/// `host` and `port` of `host:port` (an optional `ws://` prefix is allowed).
+pub fn split_host_port(address: &str) -> anyhow::Result<(String, u16)> {
+    let a = address
+        .trim()
+        .trim_start_matches("ws://")
+        .trim_end_matches('/');
+    let (host, port) = a
+        .rsplit_once(':')
+        .ok_or_else(|| anyhow::anyhow!("no `:port`"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| anyhow::anyhow!("bad port `{port}`"))?;
+    if host.is_empty() || port == 0 {
+        anyhow::bail!("empty host or port 0");
+    }
+    Ok((host.to_string(), port))
+}
+
 impl Topology {
     /// Model replicas over all nodes.
     pub fn world_size(&self) -> usize {

@@ -226,6 +226,15 @@ pub fn semantic(e: &Experiment) -> Vec<Problem> {
             ..problem("topology.devices", "a device is listed twice".into())
         });
     }
+    if let Some(address) = &e.topology.orchestrator
+        && let Err(err) = super::split_host_port(address)
+    {
+        problems.push(Problem {
+            expected: Some("host:port of node 0, e.g. \"10.0.0.1:29500\"".into()),
+            found: Some(format!("{address:?}")),
+            ..problem("topology.orchestrator", format!("not an address: {err}"))
+        });
+    }
     if let super::Dataset::Synthetic {
         seq_len,
         eval_tokens,

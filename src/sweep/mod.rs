@@ -406,8 +406,8 @@ fn status_word(status: MemberStatus) -> &'static str {
 pub fn describe(row: &SweepMemberRow) -> String {
     let mut s = row.member.clone();
     let bits = |b: Option<f64>, se: Option<f64>| match (b, se) {
-        (Some(b), Some(se)) => format!("{b:.4} ± {se:.4}"),
-        (Some(b), None) => format!("{b:.4}"),
+        (Some(b), Some(se)) if se.is_finite() => format!("{b:.4} ± {se:.4}"),
+        (Some(b), _) => format!("{b:.4}"),
         _ => "–".into(),
     };
     if row.val_bits.is_some() || row.test_bits.is_some() {

@@ -114,8 +114,13 @@ pub fn plan(opts: &SweepOptions, members: Vec<Member>) -> Result<Plan> {
 fn sweep_name(dir: &Path) -> Result<String> {
     if !dir.is_dir() {
         bail!(
-            "{} is not a folder: a sweep is a folder of experiment files and/or a {}",
+            "{} {}: a sweep is a folder of experiment files and/or a {}",
             dir.display(),
+            if dir.exists() {
+                "is not a folder"
+            } else {
+                "does not exist"
+            },
             spec::sweep::SWEEP_FILE
         );
     }

@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 use super::collective::{DEFAULT_TIMEOUT, GlobalLink};
-use crate::spec::Topology;
+use crate::spec::{Topology, split_host_port};
 
 /// Launch settings that are not part of the experiment. See [`Launch::from_env`].
 #[derive(Debug, Clone, PartialEq)]
@@ -159,20 +159,6 @@ impl Placement {
     pub fn is_main(&self) -> bool {
         self.first_rank == 0
     }
-}
-
-/// `host` and `port` of `host:port` (an optional `ws://` prefix is allowed).
-fn split_host_port(address: &str) -> Result<(String, u16)> {
-    let a = address
-        .trim()
-        .trim_start_matches("ws://")
-        .trim_end_matches('/');
-    let (host, port) = a.rsplit_once(':').context("no `:port`")?;
-    let port: u16 = port.parse().with_context(|| format!("bad port `{port}`"))?;
-    if host.is_empty() || port == 0 {
-        bail!("empty host or port 0");
-    }
-    Ok((host.to_string(), port))
 }
 
 /// This machine's IP address on the route to `host` (no packet is sent: connecting a UDP

@@ -9,8 +9,7 @@
 //!   finite; AdamW step at lr(it); fold the weights into the EMA. Then, in [`train`]:
 //!   validate (shared by the replicas), and on the main replica log and checkpoint.
 
-use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
@@ -27,6 +26,7 @@ use super::optimizer::{AdamW, clip_grad_norm, learning_rate};
 use super::replicas;
 use crate::data::Corpus;
 use crate::diffusion::{Diffusion, LossStats, local_times, sample_times};
+use crate::eval::plus_minus;
 use crate::model::{Dit, DitConfig, StateDict, model_state_dict, seed_dropout};
 use crate::results::{CsvLog, RunDir, TrainRow, ValRow, Weights};
 use crate::rng::{self, Stream};
@@ -115,13 +115,6 @@ pub struct StepReport {
     pub stop: bool,
 }
 
-/// Serialises the forward passes of replicas in one process while dropout is on. Burn's
-/// dropout draws from one generator per process (see [`seed_dropout`]): holding this from
-/// seeding to the end of the forward makes each replica's masks a function of (seed,
-/// iteration, micro-step, rank) whatever the threads' timing. The forward only launches
-/// work on a GPU, so the GPUs still compute in parallel; CPU peers take turns.
-static DROPOUT_DRAWS: Mutex<()> = Mutex::new(());
-
 /// One optimiser step at iteration `state.iteration` for the replica `peer`, reading its
 /// micro-batch `micro` of the step from `batch(iteration, micro)` (row-major
 /// [batch_size, seq_len] token ids). Fails, without updating the weights, when the loss or
@@ -156,8 +149,9 @@ pub fn step<B: AutodiffBackend>(
         let rows = first_row..first_row + t.batch_size as u64;
         let mut noise = rng::rows(experiment.seed, Stream::Noise, &[it, micro as u64], rows);
         let out = {
-            let _draws = dropout.then(|| DROPOUT_DRAWS.lock().unwrap_or_else(|p| p.into_inner()));
-            seed_dropout::<B>(device, experiment.seed, it, micro as u64, rank as u64);
+            // Only a network with dropout draws from the backend's generator.
+            let _draws = dropout
+                .then(|| seed_dropout::<B>(device, experiment.seed, it, micro as u64, rank as u64));
             diffusion.loss(&state.model, x0, local, &mut noise)
         };
         stats.merge(&out.stats());
@@ -208,7 +202,10 @@ struct Main<'a> {
     run: &'a mut RunDir,
     logs: Logs,
     bar: ProgressBar,
-    last_log: Instant,
+    /// Time spent in training steps since the last train.csv row, and how many steps: the
+    /// logged speed leaves out validation and checkpoints (val.csv has their own time).
+    step_time: Duration,
+    steps: u32,
 }
 
 /// Trains replica `peer` of `experiment` on `device`. The main replica gets the run folder
@@ -248,7 +245,8 @@ pub fn train<B: AutodiffBackend>(
             },
             run,
             bar: progress_bar(t.max_iters, state.iteration),
-            last_log: Instant::now(),
+            step_time: Duration::ZERO,
+            steps: 0,
         }),
         None => None,
     };
@@ -258,7 +256,10 @@ pub fn train<B: AutodiffBackend>(
             "the last good checkpoint (iteration {it}) is kept in {}",
             m.run.checkpoints_dir().join(checkpoint::LATEST).display()
         ),
-        (Some(it), None) => format!("the last good checkpoint (iteration {it}) is kept"),
+        // Only the main replica (node 0's first device) writes checkpoints.
+        (Some(it), None) => {
+            format!("the last good checkpoint (iteration {it}) is kept in node 0's run folder")
+        }
         (None, _) => "no checkpoint had been written yet".into(),
     };
 
@@ -266,6 +267,7 @@ pub fn train<B: AutodiffBackend>(
         let batch = |it, micro| {
             corpus.train_batch(experiment.seed, it, micro, peer.rank() as u64, t.batch_size)
         };
+        let step_started = Instant::now();
         let report = step(
             &mut state,
             experiment,
@@ -279,10 +281,12 @@ pub fn train<B: AutodiffBackend>(
         let it = state.iteration;
 
         if let Some(m) = main.as_mut() {
+            m.step_time += step_started.elapsed();
+            m.steps += 1;
             m.bar.set_position(it);
             if it.is_multiple_of(t.log_interval) {
-                let step_s = m.last_log.elapsed().as_secs_f64() / t.log_interval as f64;
-                m.last_log = Instant::now();
+                let step_s = m.step_time.as_secs_f64() / f64::from(m.steps);
+                (m.step_time, m.steps) = (Duration::ZERO, 0);
                 let s = &report.stats;
                 let row = TrainRow {
                     iter: it,
@@ -354,8 +358,9 @@ pub fn train<B: AutodiffBackend>(
                 };
                 m.logs.val.append(&row)?;
                 let message = format!(
-                    "val @ {it}: loss {:.4} | {:.4} ± {:.4} bits/token (EMA)",
-                    row.loss, row.bits_per_token, row.bits_se
+                    "val @ {it}: loss {:.4} | {} bits/token (EMA)",
+                    row.loss,
+                    plus_minus(row.bits_per_token, row.bits_se)
                 );
                 if m.bar.is_hidden() {
                     eprintln!("{message}");

@@ -417,4 +417,18 @@ fn bad_input_leaves_nothing_behind() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("there are no runs yet"), "{err}");
+    // The sweep's definition folder instead of its results: the error points at the results.
+    let definition = empty.path().join("experiments").join("cmp");
+    fs::create_dir_all(&definition).unwrap();
+    fs::write(definition.join("a.ron"), "()").unwrap();
+    let err = report(&options(&root, &[definition.to_str().unwrap()]))
+        .unwrap_err()
+        .to_string();
+    let results = root.join("sweeps").join("cmp");
+    assert!(
+        err.contains("holds no run folders")
+            && err.contains(&format!("`ddexp report {}`", results.display())),
+        "{err}"
+    );
+    assert!(!root.join("report").exists());
 }
