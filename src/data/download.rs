@@ -53,11 +53,6 @@ pub fn download(url: &str, dest: &Path) -> Result<()> {
     let response = request
         .call()
         .with_context(|| format!("cannot reach {url}"))?;
-    // The folder only once the server answers, so a wrong URL leaves nothing behind.
-    if let Some(parent) = dest.parent() {
-        fs::create_dir_all(parent)
-            .with_context(|| format!("cannot create {}", parent.display()))?;
-    }
     let status = response.status().as_u16();
     let content_length = response.body().content_length();
     let resumed = have > 0 && status == 206 && content_range_starts_at(&response, have);
@@ -70,6 +65,11 @@ pub fn download(url: &str, dest: &Path) -> Result<()> {
             (file, have, content_length.map(|n| n + have))
         }
         200 => {
+            // The folder only once there are bytes to keep: a wrong URL leaves nothing behind.
+            if let Some(parent) = dest.parent() {
+                fs::create_dir_all(parent)
+                    .with_context(|| format!("cannot create {}", parent.display()))?;
+            }
             let file =
                 File::create(&part).with_context(|| format!("cannot create {}", part.display()))?;
             (file, 0, content_length)
