@@ -81,9 +81,11 @@ impl std::error::Error for InvalidSweep {}
 /// Validates every member of the sweep and decides what to do with each. Writes nothing:
 /// this is all `--dry-run` does.
 pub fn prepare(opts: &SweepOptions) -> Result<Plan> {
+    // The folder itself first: a wrong path is one plain error, not an invalid member.
+    let name = plan::sweep_name(&opts.dir)?;
     let members = spec::sweep::members(&opts.dir, &opts.overrides)
         .map_err(|errors| InvalidSweep { errors })?;
-    plan::plan(opts, members)
+    plan::plan(opts, name, members)
 }
 
 /// What one invocation of a sweep did.

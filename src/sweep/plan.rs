@@ -80,9 +80,9 @@ impl Plan {
     }
 }
 
-/// Decides each member's action. `members` are validated already.
-pub fn plan(opts: &SweepOptions, members: Vec<Member>) -> Result<Plan> {
-    let name = sweep_name(&opts.dir)?;
+/// Decides each member's action. `name` is the sweep's ([`sweep_name`]); `members` are
+/// validated already.
+pub fn plan(opts: &SweepOptions, name: String, members: Vec<Member>) -> Result<Plan> {
     let dir = opts.results_root.join(SWEEPS_DIR).join(&name);
     let summary = dir.join(SweepMemberRow::FILE);
     let previous: Vec<SweepMemberRow> = if summary.is_file() {
@@ -111,7 +111,7 @@ pub fn plan(opts: &SweepOptions, members: Vec<Member>) -> Result<Plan> {
 }
 
 /// The sweep's name: the name of its folder, which must be usable as a folder name.
-fn sweep_name(dir: &Path) -> Result<String> {
+pub fn sweep_name(dir: &Path) -> Result<String> {
     if !dir.is_dir() {
         bail!(
             "{} {}: a sweep is a folder of experiment files and/or a {}",
