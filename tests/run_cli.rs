@@ -3,13 +3,11 @@
 
 mod cli;
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use cli::{ddexp, text};
-use ddexp::model::StateDict;
+use cli::{ddexp, eval_rows, tensors, text, train_rows, val_rows};
 use ddexp::results::{EvalRow, RunInfo, RunStatus, TrainRow, ValRow, read_rows};
 use ddexp::train::checkpoint::Checkpoint;
 
@@ -145,47 +143,6 @@ fn a_tiny_run_writes_a_complete_run_folder() {
         "{}",
         text(&again)
     );
-}
-
-fn tensors(path: &Path) -> BTreeMap<String, Vec<u8>> {
-    StateDict::read_safetensors(path)
-        .unwrap()
-        .0
-        .into_iter()
-        .map(|(name, data)| (name, data.as_bytes().to_vec()))
-        .collect()
-}
-
-/// Rows without the columns that measure time.
-fn train_rows(run: &Path) -> Vec<TrainRow> {
-    read_rows::<TrainRow>(&run.join("train.csv"))
-        .unwrap()
-        .into_iter()
-        .map(|r| TrainRow {
-            step_ms: 0.0,
-            tokens_per_s: 0.0,
-            ..r
-        })
-        .collect()
-}
-
-fn val_rows(run: &Path) -> Vec<ValRow> {
-    read_rows::<ValRow>(&run.join("val.csv"))
-        .unwrap()
-        .into_iter()
-        .map(|r| ValRow { eval_ms: 0.0, ..r })
-        .collect()
-}
-
-fn eval_rows(run: &Path) -> Vec<EvalRow> {
-    read_rows::<EvalRow>(&run.join("eval.csv"))
-        .unwrap()
-        .into_iter()
-        .map(|r| EvalRow {
-            timestamp: String::new(),
-            ..r
-        })
-        .collect()
 }
 
 #[test]

@@ -7,17 +7,18 @@
 //! peers. Two peers sum their gradients in one order whatever carries them, so every run here
 //! must match the reference bit for bit.
 
-use std::collections::BTreeMap;
+mod cli;
+
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::sync::mpsc::{self, Receiver};
 use std::time::Duration;
 
-use ddexp::model::StateDict;
-use ddexp::results::{EvalRow, RunInfo, RunStatus, TrainRow, ValRow, read_rows};
+use cli::{eval_rows, tensors, text, train_rows, val_rows};
+use ddexp::results::{RunInfo, RunStatus};
 use ddexp::train::checkpoint::Checkpoint;
 
 /// Bounds every wait of these tests, so that a hang fails instead of blocking CI. Generous:
@@ -55,14 +56,6 @@ fn ddexp() -> Command {
         c.env_remove(var);
     }
     c
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// A folder holding the experiment file.
@@ -194,50 +187,13 @@ fn node(rank: usize, ports: &[u16], resume: Option<&Path>) -> Command {
     c
 }
 
-fn tensors(path: &Path) -> BTreeMap<String, Vec<u8>> {
-    StateDict::read_safetensors(path)
-        .unwrap()
-        .0
-        .into_iter()
-        .map(|(name, data)| (name, data.as_bytes().to_vec()))
-        .collect()
-}
-
 /// Asserts that two runs logged the same numbers and saved the same weights, EMA and
 /// optimiser state, bit for bit (times and timestamps aside).
 fn assert_same_run(a: &Path, b: &Path) {
-    let train = |run: &Path| -> Vec<TrainRow> {
-        read_rows::<TrainRow>(&run.join("train.csv"))
-            .unwrap()
-            .into_iter()
-            .map(|r| TrainRow {
-                step_ms: 0.0,
-                tokens_per_s: 0.0,
-                ..r
-            })
-            .collect()
-    };
-    let val = |run: &Path| -> Vec<ValRow> {
-        read_rows::<ValRow>(&run.join("val.csv"))
-            .unwrap()
-            .into_iter()
-            .map(|r| ValRow { eval_ms: 0.0, ..r })
-            .collect()
-    };
-    let eval = |run: &Path| -> Vec<EvalRow> {
-        read_rows::<EvalRow>(&run.join("eval.csv"))
-            .unwrap()
-            .into_iter()
-            .map(|r| EvalRow {
-                timestamp: String::new(),
-                ..r
-            })
-            .collect()
-    };
-    assert_eq!(train(a).len() as u64, MAX_ITERS);
-    assert_eq!(train(a), train(b), "train.csv differs");
-    assert_eq!(val(a), val(b), "val.csv differs");
-    assert_eq!(eval(a), eval(b), "eval.csv differs");
+    assert_eq!(train_rows(a).len() as u64, MAX_ITERS);
+    assert_eq!(train_rows(a), train_rows(b), "train.csv differs");
+    assert_eq!(val_rows(a), val_rows(b), "val.csv differs");
+    assert_eq!(eval_rows(a), eval_rows(b), "eval.csv differs");
     for file in ["latest.safetensors", "best.safetensors"] {
         let (x, y) = (
             tensors(&a.join("checkpoints").join(file)),

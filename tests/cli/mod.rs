@@ -1,8 +1,12 @@
-//! Running the `ddexp` binary from the CLI tests.
+//! Running the `ddexp` binary from the CLI tests, and reading what its runs leave.
 #![allow(dead_code)] // each test file uses a different subset of these helpers
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Output};
+
+use ddexp::model::StateDict;
+use ddexp::results::{EvalRow, TrainRow, ValRow, read_rows};
 
 /// `ddexp ARGS` run in `cwd`, to completion.
 pub fn ddexp(args: &[&str], cwd: &Path) -> Output {
@@ -20,4 +24,48 @@ pub fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+/// Every tensor of a safetensors file, as raw bytes.
+pub fn tensors(path: &Path) -> BTreeMap<String, Vec<u8>> {
+    StateDict::read_safetensors(path)
+        .unwrap()
+        .0
+        .into_iter()
+        .map(|(name, data)| (name, data.as_bytes().to_vec()))
+        .collect()
+}
+
+/// Rows without the columns that measure time.
+pub fn train_rows(run: &Path) -> Vec<TrainRow> {
+    read_rows::<TrainRow>(&run.join("train.csv"))
+        .unwrap()
+        .into_iter()
+        .map(|r| TrainRow {
+            step_ms: 0.0,
+            tokens_per_s: 0.0,
+            ..r
+        })
+        .collect()
+}
+
+/// Rows without the evaluation time.
+pub fn val_rows(run: &Path) -> Vec<ValRow> {
+    read_rows::<ValRow>(&run.join("val.csv"))
+        .unwrap()
+        .into_iter()
+        .map(|r| ValRow { eval_ms: 0.0, ..r })
+        .collect()
+}
+
+/// Rows without the timestamp.
+pub fn eval_rows(run: &Path) -> Vec<EvalRow> {
+    read_rows::<EvalRow>(&run.join("eval.csv"))
+        .unwrap()
+        .into_iter()
+        .map(|r| EvalRow {
+            timestamp: String::new(),
+            ..r
+        })
+        .collect()
 }
