@@ -360,12 +360,18 @@ impl Drawing for ErrorBarChart {
         let panels = area.split_evenly((1, self.panels.len().max(1)));
         for (panel, area) in self.panels.iter().zip(&panels) {
             let x_axis = Axis::categories(&self.item_labels);
-            let ys: Vec<f64> = panel
+            let mut ys: Vec<f64> = panel
                 .items
                 .iter()
                 .flat_map(|&(_, _, v, se)| [v - se.unwrap_or(0.0), v + se.unwrap_or(0.0)])
                 .filter(|y| y.is_finite())
                 .collect();
+            // Headroom for the legend in the upper right, so it never covers a point or an
+            // error bar: about one line of the legend per group, as a fraction of the height.
+            if let Some((lo, hi)) = finite_range(ys.iter().copied()) {
+                let legend = (0.06 * self.groups.len() as f64 + 0.05).min(0.5);
+                ys.push(hi + (hi - lo) * legend / (1.0 - legend));
+            }
             let y_axis = Axis::for_y(&ys, YScale::Linear);
             let mut chart = ChartBuilder::on(area)
                 .caption(&panel.title, (FONT, 18))
