@@ -71,7 +71,7 @@ pub fn loss_chart(title: &str, train: &[TrainRow], val: &[ValRow]) -> LineChart 
             points: train_points
                 .iter()
                 .zip(smooth)
-                .map(|(p, m)| (p.0, m))
+                .filter_map(|(p, m)| m.map(|m| (p.0, m)))
                 .collect(),
             style: LineStyle::solid(RGBColor(0, 45, 114), 3),
             markers_only: false,

@@ -201,7 +201,7 @@ same interval for their noise to be comparable.
 - **Final train loss.** Mean of the last W logged train losses of a run.
 - **Charts.** Each group's curve is the mean over its runs at the iterations all of them \
 logged; the shaded band spans the lowest to the highest run. Train losses are smoothed with a \
-centred rolling mean of W logged points (the window shrinks symmetrically at the ends); the loss-noise chart shows the rolling standard \
+centred rolling mean of W logged points (the window shrinks symmetrically at the ends, to no fewer than W/4 points on each side); the loss-noise chart shows the rolling standard \
 deviation s_i.";
 
 /// A run folder found from the inputs, with its sweep member name if it came from a sweep.
@@ -984,7 +984,7 @@ fn charts(runs: &[Run], groups: &[Group], w: usize) -> Vec<(&'static str, Chart)
         let ys: Vec<f64> = pts.iter().map(|p| p.1).collect();
         pts.iter()
             .zip(rolling_mean(&ys, w))
-            .map(|(p, m)| (p.0, p.0 as f64, m))
+            .filter_map(|(p, m)| m.map(|m| (p.0, p.0 as f64, m)))
             .collect()
     };
     let noise = |run: &Run| {

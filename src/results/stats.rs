@@ -17,18 +17,22 @@ pub fn mean_se(values: &[f64]) -> Option<(f64, Option<f64>)> {
 }
 
 /// Centred rolling mean over `window` points (odd; h = window/2 on each side). Near the ends
-/// the window shrinks symmetrically (to the first and last point themselves), so the curve
-/// stays centred: it neither lags behind the data nor bends towards the middle at the ends.
-pub fn rolling_mean(values: &[f64], window: usize) -> Vec<f64> {
+/// the window shrinks symmetrically, so the curve stays centred (it neither lags behind the
+/// data nor bends towards the middle), but not below h/2 points on each side: nearer the ends
+/// there is no mean (`None`), because a window of one or two raw points would show their
+/// noise as a spike of the smoothed curve. A series too short for that keeps its middle.
+pub fn rolling_mean(values: &[f64], window: usize) -> Vec<Option<f64>> {
     let n = values.len();
+    let h_full = window / 2;
+    let h_min = (h_full / 2).min(n.saturating_sub(1) / 2);
     let mut prefix = vec![0.0];
     for v in values {
         prefix.push(prefix.last().unwrap_or(&0.0) + v);
     }
     (0..n)
         .map(|i| {
-            let h = (window / 2).min(i).min(n - 1 - i);
-            (prefix[i + h + 1] - prefix[i - h]) / (2 * h + 1) as f64
+            let h = h_full.min(i).min(n - 1 - i);
+            (h >= h_min).then(|| (prefix[i + h + 1] - prefix[i - h]) / (2 * h + 1) as f64)
         })
         .collect()
 }
@@ -95,15 +99,24 @@ mod tests {
 
     #[test]
     fn rolling_mean_is_centred_and_shrinks_at_the_ends() {
-        // Window 5 over 1, 2, 4, 8, 16, 32: the ends keep only themselves, the next points
-        // average 3, the middle ones 5.
+        // Window 5 (h = 2) over 1, 2, 4, 8, 16, 32: the middle points average 5, the next
+        // ones 3 (h = 1, the least allowed), the ends none.
         let m = rolling_mean(&[1.0, 2.0, 4.0, 8.0, 16.0, 32.0], 5);
         assert_eq!(
             m,
-            [1.0, 7.0 / 3.0, 31.0 / 5.0, 62.0 / 5.0, 56.0 / 3.0, 32.0]
+            [
+                None,
+                Some(7.0 / 3.0),
+                Some(31.0 / 5.0),
+                Some(62.0 / 5.0),
+                Some(56.0 / 3.0),
+                None
+            ]
         );
-        assert_eq!(rolling_mean(&[1.0, 2.0], 1), [1.0, 2.0]);
-        assert_eq!(rolling_mean(&[], 3), Vec::<f64>::new());
+        assert_eq!(rolling_mean(&[1.0, 2.0], 1), [Some(1.0), Some(2.0)]);
+        // Too short for h/2 = 5 on each side: the middle point alone, over all three.
+        assert_eq!(rolling_mean(&[1.0, 2.0, 6.0], 21), [None, Some(3.0), None]);
+        assert_eq!(rolling_mean(&[], 3), Vec::<Option<f64>>::new());
     }
 
     #[test]
