@@ -403,13 +403,12 @@ pub fn format_estimates(estimates: &[Estimate]) -> String {
         "split", "KL term (bits)", "recon term (bits)", "bits/token"
     );
     for e in estimates {
-        let cell = |v: f64, se: f64| plus_minus(v, se);
         s.push_str(&format!(
             "{:<6} {:>20} {:>20} {:>20}\n",
             e.split.name(),
-            cell(e.kl.bits, e.kl.std_error),
-            cell(e.recon.bits, e.recon.std_error),
-            cell(e.bits_per_token(), e.std_error())
+            plus_minus(e.kl.bits, e.kl.std_error),
+            plus_minus(e.recon.bits, e.recon.std_error),
+            plus_minus(e.bits_per_token(), e.std_error())
         ));
     }
     s

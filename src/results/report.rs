@@ -420,7 +420,7 @@ fn discover(
                 let results = fs::canonicalize(&path)
                     .ok()
                     .and_then(|p| p.file_name().map(|n| n.to_owned()))
-                    .map(|name| results_root_sweep(&opts.results_root).join(name))
+                    .map(|name| crate::sweep::results_dir(&opts.results_root, name))
                     .filter(|r| r.join(SweepMemberRow::FILE).is_file());
                 bail!(
                     "{} holds no run folders (folders with {RUN_INFO_FILE}) and no sweep {}{}",
@@ -445,18 +445,13 @@ fn discover(
     Ok((found, single_sweep))
 }
 
-/// The folder `ddexp sweep` writes sweep results into.
-fn results_root_sweep(results_root: &Path) -> PathBuf {
-    results_root.join(crate::sweep::SWEEPS_DIR)
-}
-
 /// An input is a path if it exists, else an experiment name under the results folder, else a
 /// sweep name under `results/sweeps/`.
 fn resolve_input(input: &str, results_root: &Path) -> Result<PathBuf> {
     let candidates = [
         PathBuf::from(input),
         results_root.join(input),
-        results_root_sweep(results_root).join(input),
+        crate::sweep::results_dir(results_root, input),
     ];
     if let Some(path) = candidates.iter().find(|p| p.exists()) {
         return Ok(path.clone());

@@ -429,10 +429,19 @@ mod tests {
         let mut info = run.info().clone();
         info.pid = dead_pid;
         info.save(&run.path().join(RUN_INFO_FILE)).unwrap();
+        // ... and possibly a checkpoint it was writing when it died.
+        let checkpoints = run.checkpoints_dir();
+        fs::create_dir_all(&checkpoints).unwrap();
+        let torn = atomic::temp_path(&checkpoints.join("latest.safetensors"));
+        fs::write(&torn, b"half a checkpoint").unwrap();
         let mut reopened = RunDir::open(run.path()).unwrap();
         assert!(!reopened.info().is_live());
         reopened.resume(0, 10).unwrap();
         assert_eq!(reopened.info().pid, std::process::id());
+        assert!(
+            !torn.exists(),
+            "the killed writer's temporary file is removed"
+        );
     }
 
     #[test]

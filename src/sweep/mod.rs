@@ -39,7 +39,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::results::{MemberStatus, SweepMemberRow, write_atomic, write_rows};
 use crate::spec::{self, SpecError};
 pub use child::Devices;
-pub use plan::{Action, Plan, Planned, SWEEPS_DIR};
+pub use plan::{Action, Plan, Planned, results_dir};
 
 /// What `ddexp sweep` was asked to do.
 #[derive(Debug, Clone)]

@@ -12,7 +12,9 @@ use crate::spec::{self, sweep::Member};
 use crate::train::checkpoint;
 
 /// Where a sweep keeps its files: `<results>/sweeps/<sweep name>/`.
-pub const SWEEPS_DIR: &str = "sweeps";
+pub fn results_dir(results_root: &Path, name: impl AsRef<Path>) -> PathBuf {
+    results_root.join("sweeps").join(name)
+}
 
 /// A sweep, resolved and validated, before anything runs.
 #[derive(Debug)]
@@ -83,7 +85,7 @@ impl Plan {
 /// Decides each member's action. `name` is the sweep's ([`sweep_name`]); `members` are
 /// validated already.
 pub fn plan(opts: &SweepOptions, name: String, members: Vec<Member>) -> Result<Plan> {
-    let dir = opts.results_root.join(SWEEPS_DIR).join(&name);
+    let dir = results_dir(&opts.results_root, &name);
     let summary = dir.join(SweepMemberRow::FILE);
     let previous: Vec<SweepMemberRow> = if summary.is_file() {
         read_rows(&summary).with_context(|| {
