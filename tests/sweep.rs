@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use cli::{ddexp, text};
-use ddexp::results::{MemberStatus, RunInfo, RunStatus, SweepMemberRow, read_rows};
+use ddexp::results::{
+    Attempt, FolderLock, MemberStatus, RunInfo, RunStatus, SweepMemberRow, read_rows,
+};
 
 /// A tiny experiment named `name` (a few steps on the synthetic corpus, a tiny evaluation).
 fn tiny(name: &str) -> String {
@@ -100,7 +102,7 @@ fn members_run_and_a_second_invocation_skips_them() {
     let after = std::fs::read_to_string(work.path().join("results/sweeps/sw/summary.csv")).unwrap();
     assert_eq!(after, before);
     assert!(
-        !work.path().join("results/sweeps/sw/sweep.lock").exists(),
+        !ddexp::results::is_lock_held(&work.path().join("results/sweeps/sw/sweep.lock")),
         "the lock is released"
     );
 }
@@ -316,6 +318,34 @@ fn a_stopped_member_is_resumed_and_one_without_a_checkpoint_starts_over() {
     assert_eq!(
         run_info(&run_path(work.path(), &second[1])).status,
         RunStatus::Completed
+    );
+}
+
+#[test]
+fn a_member_whose_run_another_process_writes_is_left_alone() {
+    let work = sweep_folder(&[("a.ron", tiny("t_a"))]);
+    let out = ddexp(&["sweep", "sw"], work.path());
+    assert!(out.status.success(), "{}", text(&out));
+    let a_dir = run_path(work.path(), &summary(work.path())[0]);
+
+    // Some process (this test) is writing into a's folder, e.g. a `ddexp run --resume`.
+    set_status(&a_dir, "running", std::process::id());
+    let Attempt::Acquired(_writer) = FolderLock::try_acquire(&a_dir.join("run.lock")).unwrap()
+    else {
+        panic!("the finished sweep still holds the run's lock")
+    };
+    let before = std::fs::read_to_string(a_dir.join("run.json")).unwrap();
+
+    let out = ddexp(&["sweep", "sw", "--dry-run"], work.path());
+    let shown = text(&out);
+    assert!(shown.contains("is running in another process"), "{shown}");
+    let out = ddexp(&["sweep", "sw"], work.path());
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(runs_of(work.path(), "t_a").len(), 1, "no second run of a");
+    assert_eq!(
+        std::fs::read_to_string(a_dir.join("run.json")).unwrap(),
+        before,
+        "the busy run is not touched"
     );
 }
 

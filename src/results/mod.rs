@@ -14,6 +14,7 @@
 
 mod atomic;
 mod csv_log;
+mod folder_lock;
 mod loss_chart;
 mod plot;
 mod report;
@@ -29,6 +30,7 @@ pub use csv_log::{
     CsvLog, CsvRow, EvalRow, LogRow, TrainRow, ValRow, Weights, read_rows, retain_rows,
     truncate_after, write_rows,
 };
+pub use folder_lock::{Attempt, FolderLock, is_held as is_lock_held};
 pub use loss_chart::draw_run_loss_chart;
 pub use report::{
     DEFAULT_WINDOW, GroupSummaryRow, MemberSummaryRow, Report, ReportOptions, report,
@@ -36,5 +38,5 @@ pub use report::{
 pub use run_dir::{
     CHECKPOINTS_DIR, EXPERIMENT_FILE, RUN_INFO_FILE, RunDir, is_folder_name, read_experiment,
 };
-pub use run_info::{RunInfo, RunStatus, host_name, process_alive};
+pub use run_info::{RunInfo, RunStatus};
 pub use sweep_summary::{MemberStatus, SweepMemberRow};

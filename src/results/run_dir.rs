@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail};
 
 use super::atomic::{self, write_atomic};
 use super::csv_log::{CsvLog, EvalRow, LogRow, TrainRow, ValRow, retain_rows, truncate_after};
+use super::folder_lock::{self, Attempt, FolderLock};
 use super::loss_chart;
 use super::run_info::{RunInfo, RunStatus, now};
 use crate::spec::{self, Experiment};
@@ -16,12 +17,16 @@ use crate::spec::{self, Experiment};
 pub const EXPERIMENT_FILE: &str = "experiment.ron";
 pub const RUN_INFO_FILE: &str = "run.json";
 pub const CHECKPOINTS_DIR: &str = "checkpoints";
+pub const LOCK_FILE: &str = "run.lock";
 
 /// An open run folder and its `run.json`.
 #[derive(Debug)]
 pub struct RunDir {
     path: PathBuf,
     info: RunInfo,
+    /// Held by the process that writes into the folder (a new run, or a resume); readers
+    /// (`eval`, `report`, `sweep`'s bookkeeping) open the folder without it.
+    _writer_lock: Option<FolderLock>,
 }
 
 impl RunDir {
@@ -51,6 +56,7 @@ impl RunDir {
         let run = (|| {
             let run = RunDir {
                 info: RunInfo::new(experiment, &id),
+                _writer_lock: Some(lock_writer(&path)?),
                 path: path.clone(),
             };
             run.write_experiment(experiment)?;
@@ -75,11 +81,12 @@ impl RunDir {
         Ok(RunDir {
             info: RunInfo::load(&info_path)?,
             path: path.to_path_buf(),
+            _writer_lock: None,
         })
     }
 
     /// Prepares a stopped run to continue from the checkpoint at `checkpoint_iter` (of
-    /// `max_iters`): refuses a run whose process is still alive or that completed, drops the
+    /// `max_iters`): refuses a run that completed or that another process is writing, drops the
     /// CSV rows the resumed run writes again (so it neither repeats nor skips rows) and marks
     /// the run `running` in this process.
     pub fn resume(&mut self, checkpoint_iter: u64, max_iters: u64) -> Result<()> {
@@ -90,14 +97,9 @@ impl RunDir {
                 self.experiment_path().display()
             );
         }
-        if self.info.is_live() {
-            bail!(
-                "{} is in use: run.json says it is running as process {} on this host, and that process is alive; \
-                 stop it before resuming",
-                self.path.display(),
-                self.info.pid
-            );
-        }
+        // The writer's lock, not run.json's pid: a killed run still says `running`, and its
+        // pid may since belong to another process.
+        self._writer_lock = Some(lock_writer(&self.path)?);
         // No live process writes here, so temporary files are a killed writer's leftovers.
         for dir in [self.path.clone(), self.checkpoints_dir()] {
             atomic::remove_leftovers(&dir)?;
@@ -115,6 +117,12 @@ impl RunDir {
         self.info.claim();
         self.info.checkpoint_iter = Some(checkpoint_iter);
         self.save_info()
+    }
+
+    /// Whether some process is writing into this folder now (a run or a resume that holds
+    /// its lock).
+    pub fn is_being_written(&self) -> bool {
+        folder_lock::is_held(&self.path.join(LOCK_FILE))
     }
 
     pub fn path(&self) -> &Path {
@@ -195,6 +203,20 @@ pub fn read_experiment(path: &Path) -> Result<Experiment> {
     Ok(spec::load(path, &[])?.experiment)
 }
 
+/// Takes the folder's writer lock ([`folder_lock`]), or says who holds it.
+fn lock_writer(dir: &Path) -> Result<FolderLock> {
+    match FolderLock::try_acquire(&dir.join(LOCK_FILE))? {
+        Attempt::Acquired(lock) => Ok(lock),
+        Attempt::Held { pid } => bail!(
+            "{} is in use: {} is writing into it (it holds {LOCK_FILE}); stop it before resuming",
+            dir.display(),
+            pid.map_or("another ddexp process".to_string(), |pid| format!(
+                "ddexp process {pid}"
+            ))
+        ),
+    }
+}
+
 /// Claims the first free folder among `base`, `base-2`, `base-3`, ... with `create_dir`.
 fn claim_folder(parent: &Path, base_id: &str) -> Result<(PathBuf, String)> {
     for n in 1..=10_000u32 {
@@ -240,7 +262,7 @@ fn check_path_component(what: &str, name: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::results::csv_log::read_rows;
+    use crate::results::csv_log::{CsvRow, read_rows};
     use crate::results::test_support::synthetic_experiment;
 
     #[test]
@@ -364,27 +386,30 @@ mod tests {
         let mut evals = run.log::<EvalRow>().unwrap();
         evals.append(&eval_row(20)).unwrap();
 
-        // Our own process is alive and says `running`: resuming now would share the folder.
+        // `run` still writes here: resuming now would share the folder.
         let mut same = RunDir::open(run.path()).unwrap();
         let err = same.resume(20, 40).unwrap_err().to_string();
         assert!(err.contains("is in use"), "{err}");
 
+        // The writer stops (its process exits, which releases the lock).
         run.finish(RunStatus::Interrupted, None).unwrap();
-        let mut resumed = RunDir::open(run.path()).unwrap();
+        let path = run.path().to_path_buf();
+        drop(run);
+        let mut resumed = RunDir::open(&path).unwrap();
         assert_eq!(resumed.info().status, RunStatus::Interrupted);
         assert!(resumed.info().ended.is_some());
         resumed.resume(20, 40).unwrap();
-        let info = RunInfo::load(&run.path().join(RUN_INFO_FILE)).unwrap();
+        let info = RunInfo::load(&path.join(RUN_INFO_FILE)).unwrap();
         assert_eq!(info.status, RunStatus::Running);
         assert_eq!(info.ended, None);
         assert_eq!(info.resumed.len(), 1);
         assert_eq!(info.checkpoint_iter, Some(20));
-        let train = read_rows::<TrainRow>(&run.csv_path::<TrainRow>()).unwrap();
+        let train = read_rows::<TrainRow>(&path.join(TrainRow::FILE)).unwrap();
         assert_eq!(train.iter().map(|r| r.iter).collect::<Vec<_>>(), [10, 20]);
-        let val = read_rows::<ValRow>(&run.csv_path::<ValRow>()).unwrap();
+        let val = read_rows::<ValRow>(&path.join(ValRow::FILE)).unwrap();
         assert_eq!(val.iter().map(|r| r.iter).collect::<Vec<_>>(), [20]);
         let eval_iters = || {
-            read_rows::<EvalRow>(&run.csv_path::<EvalRow>())
+            read_rows::<EvalRow>(&path.join(EvalRow::FILE))
                 .unwrap()
                 .iter()
                 .map(|r| r.iter)
@@ -402,7 +427,7 @@ mod tests {
                 Some("non-finite loss at iteration 25".into()),
             )
             .unwrap();
-        let info = RunInfo::load(&run.path().join(RUN_INFO_FILE)).unwrap();
+        let info = RunInfo::load(&path.join(RUN_INFO_FILE)).unwrap();
         assert_eq!(info.status, RunStatus::Failed);
         assert_eq!(
             info.error.as_deref(),
@@ -412,7 +437,8 @@ mod tests {
         // Stopped during its final evaluation (checkpoint at max_iters): that evaluation's
         // rows are written again by the resumed run, so they go.
         evals.append(&eval_row(40)).unwrap();
-        let mut last = RunDir::open(run.path()).unwrap();
+        drop(resumed);
+        let mut last = RunDir::open(&path).unwrap();
         last.resume(40, 40).unwrap();
         assert_eq!(eval_iters(), [20]);
     }
@@ -434,14 +460,37 @@ mod tests {
         fs::create_dir_all(&checkpoints).unwrap();
         let torn = atomic::temp_path(&checkpoints.join("latest.safetensors"));
         fs::write(&torn, b"half a checkpoint").unwrap();
-        let mut reopened = RunDir::open(run.path()).unwrap();
-        assert!(!reopened.info().is_live());
+        let path = run.path().to_path_buf();
+        drop(run); // the process's exit releases the writer's lock
+        let mut reopened = RunDir::open(&path).unwrap();
+        assert!(!reopened.is_being_written());
         reopened.resume(0, 10).unwrap();
         assert_eq!(reopened.info().pid, std::process::id());
         assert!(
             !torn.exists(),
             "the killed writer's temporary file is removed"
         );
+    }
+
+    #[test]
+    fn of_two_resumes_of_one_folder_only_the_first_gets_it() {
+        let root = tempfile::tempdir().unwrap();
+        let exp = synthetic_experiment("tiny", 1);
+        let mut run = RunDir::create(root.path(), &exp).unwrap();
+        run.finish(RunStatus::Interrupted, None).unwrap();
+        let path = run.path().to_path_buf();
+        drop(run);
+        let mut first = RunDir::open(&path).unwrap();
+        let mut second = RunDir::open(&path).unwrap();
+        first.resume(0, 10).unwrap();
+        assert!(second.is_being_written());
+        let err = second.resume(0, 10).unwrap_err().to_string();
+        assert!(
+            err.contains("is in use") && err.contains(LOCK_FILE),
+            "{err}"
+        );
+        drop(first);
+        second.resume(0, 10).unwrap();
     }
 
     #[test]

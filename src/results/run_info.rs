@@ -10,7 +10,8 @@ use super::atomic::write_atomic;
 use crate::spec::{Backend, Experiment};
 
 /// Where a run stands. A run killed without warning (SIGKILL, power loss) stays `running`;
-/// [`RunInfo::is_live`] tells such a run from one that is still going.
+/// [`RunDir::is_being_written`](super::RunDir::is_being_written) tells such a run from one
+/// that is still going.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RunStatus {
@@ -116,25 +117,6 @@ impl RunInfo {
         let mut text = serde_json::to_string_pretty(self)?;
         text.push('\n');
         write_atomic(path, text.as_bytes())
-    }
-
-    /// True when the run says `running` and its process is alive on this host: a ddexp
-    /// process (same executable name as this one) with the recorded pid still exists.
-    pub fn is_live(&self) -> bool {
-        self.status == RunStatus::Running && process_alive(self.host.as_deref(), self.pid)
-    }
-}
-
-/// True when a process with `pid` runs on this host (`host`, as [`RunInfo::host`] records
-/// it) and has the same executable name as this one: a ddexp process still at work.
-pub fn process_alive(host: Option<&str>, pid: u32) -> bool {
-    if host != host_name().as_deref() {
-        return false;
-    }
-    let comm = |pid: &str| fs::read_to_string(format!("/proc/{pid}/comm")).ok();
-    match (comm(&pid.to_string()), comm("self")) {
-        (Some(theirs), Some(ours)) => theirs == ours,
-        _ => false,
     }
 }
 

@@ -16,7 +16,7 @@
 //! summary.csv            one SweepMemberRow per member, rewritten atomically at every change
 //! members/<member>.ron   the resolved experiment each member runs
 //! logs/<member>.log      the member's output, every attempt appended
-//! sweep.lock             while a `ddexp sweep` works on the folder
+//! sweep.lock             locked while a `ddexp sweep` works on the folder
 //! ```
 //!
 //! The members' run folders are ordinary runs, `<results>/<experiment name>/<run id>/`.

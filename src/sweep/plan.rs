@@ -159,7 +159,7 @@ fn action(member: &Member, previous: Option<&SweepMemberRow>, sweep_dir: &Path) 
     let info = run.info();
     if info.status == RunStatus::Completed {
         Action::Skip(dir)
-    } else if info.is_live() {
+    } else if run.is_being_written() {
         Action::Busy(dir)
     } else if run.checkpoints_dir().join(checkpoint::LATEST).is_file() {
         Action::Resume(dir)

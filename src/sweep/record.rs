@@ -3,15 +3,14 @@
 //! sweeps from working on the same summary.
 
 use std::fs;
-use std::io::ErrorKind;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitStatus;
 
 use anyhow::{Context, Result, bail};
 
 use crate::results::{
-    CsvRow, EvalRow, MemberStatus, RunInfo, RunStatus, SweepMemberRow, TrainRow, Weights,
-    host_name, process_alive, read_rows,
+    Attempt, CsvRow, EvalRow, FolderLock, MemberStatus, RunInfo, RunStatus, SweepMemberRow,
+    TrainRow, Weights, read_rows,
 };
 use crate::spec::Split;
 
@@ -117,60 +116,29 @@ pub fn fill_numbers(row: &mut SweepMemberRow, run_dir: &Path) {
 /// `results/sweeps/<sweep>/sweep.lock` while a `ddexp sweep` works on the folder: two
 /// invocations on one sweep would run its members twice and overwrite each other's summary.
 /// A lock left by a process that is gone (killed) is taken over.
+/// Held while a `ddexp sweep` works on a sweep's results folder: a second sweep of the same
+/// folder would run members twice and overwrite the summary.
 #[derive(Debug)]
 pub struct SweepLock {
-    path: PathBuf,
+    _lock: FolderLock,
 }
+
+pub const SWEEP_LOCK_FILE: &str = "sweep.lock";
 
 impl SweepLock {
     pub fn acquire(sweep_dir: &Path) -> Result<SweepLock> {
         fs::create_dir_all(sweep_dir)
             .with_context(|| format!("cannot create {}", sweep_dir.display()))?;
-        let path = sweep_dir.join("sweep.lock");
-        let ours = format!(
-            "{}\n{}\n",
-            std::process::id(),
-            host_name().unwrap_or_default()
-        );
-        loop {
-            match fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-            {
-                Ok(mut file) => {
-                    std::io::Write::write_all(&mut file, ours.as_bytes())
-                        .with_context(|| format!("cannot write {}", path.display()))?;
-                    return Ok(SweepLock { path });
-                }
-                Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-                    let text = fs::read_to_string(&path).unwrap_or_default();
-                    let mut lines = text.lines();
-                    let pid = lines.next().and_then(|p| p.trim().parse::<u32>().ok());
-                    let host = lines.next().map(str::trim).filter(|h| !h.is_empty());
-                    if let Some(pid) = pid
-                        && process_alive(host, pid)
-                    {
-                        bail!(
-                            "the sweep in {} is being run by process {pid}; wait for it or stop it (Ctrl-C) first",
-                            sweep_dir.display()
-                        );
-                    }
-                    // Left by a process that is gone.
-                    fs::remove_file(&path)
-                        .with_context(|| format!("cannot remove the stale {}", path.display()))?;
-                }
-                Err(e) => {
-                    return Err(e).with_context(|| format!("cannot create {}", path.display()));
-                }
-            }
+        match FolderLock::try_acquire(&sweep_dir.join(SWEEP_LOCK_FILE))? {
+            Attempt::Acquired(lock) => Ok(SweepLock { _lock: lock }),
+            Attempt::Held { pid } => bail!(
+                "the sweep in {} is being run by {}; wait for it or stop it (Ctrl-C) first",
+                sweep_dir.display(),
+                pid.map_or("another process".to_string(), |pid| format!(
+                    "process {pid}"
+                ))
+            ),
         }
-    }
-}
-
-impl Drop for SweepLock {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.path);
     }
 }
 
@@ -179,20 +147,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_live_lock_refuses_and_a_stale_one_is_taken_over() {
+    fn a_held_lock_refuses_a_second_sweep_until_released() {
         let dir = tempfile::tempdir().unwrap();
         let lock = SweepLock::acquire(dir.path()).unwrap();
         let err = SweepLock::acquire(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("is being run by process"), "{err}");
+        assert!(
+            err.contains(&format!("is being run by process {}", std::process::id())),
+            "{err}"
+        );
         drop(lock);
-        assert!(!dir.path().join("sweep.lock").exists());
-
-        // A pid that cannot be a live process (beyond the kernel's pid_max).
-        fs::write(dir.path().join("sweep.lock"), "4294967295\nsomewhere\n").unwrap();
-        let lock = SweepLock::acquire(dir.path()).unwrap();
-        let text = fs::read_to_string(dir.path().join("sweep.lock")).unwrap();
-        assert!(text.starts_with(&format!("{}\n", std::process::id())));
-        drop(lock);
+        SweepLock::acquire(dir.path()).unwrap();
     }
 
     #[test]
