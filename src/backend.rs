@@ -1,64 +1,251 @@
-//! The compute backends ddexp can run on.
+//! The compute backends, and the one place that turns an experiment's `topology.backend` and
+//! device indices into a concrete Burn backend type and its devices.
 //!
-//! The flex backend (pure Rust, CPU) is always built and is the default. The `cuda` cargo
-//! feature adds burn-cuda, which loads the CUDA driver and NVRTC when it first runs, so a
-//! binary built with it still starts on a machine without a GPU.
+//! Everything that computes — training, `ddexp bench`, evaluation, sampling — describes its
+//! work as a [`Job`], generic over the Burn backend, and hands it to [`run`]; sweeps ask a
+//! [`Backend`] how its devices are shared. Nothing else names a Burn backend type.
+//!
+//! The flex backend (pure Rust, CPU) is always built and is the default. The others are
+//! cargo features; asking for one that this binary lacks is an error that says how to
+//! rebuild ([`Backend::require_built`]), and `ddexp validate` warns about it.
+//!
+//! Adding a backend takes four edits, three of them here: a variant of [`Backend`] (its name
+//! in experiment files), its entry in `Backend::facts` (command-line name, cargo feature,
+//! hardware), one arm in [`run`] that names the Burn type and opens its devices, and the
+//! cargo feature in Cargo.toml.
 
-/// Whether this binary was built with the `cuda` feature.
-pub const CUDA_AVAILABLE: bool = cfg!(feature = "cuda");
+use anyhow::{Result, bail};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
-/// The CPU backend.
-pub type Cpu = burn::backend::Flex;
+/// Which backend runs an experiment (`topology.backend`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Backend {
+    /// The flex backend: pure Rust on the CPU, always available.
+    #[default]
+    Cpu,
+    /// burn-cuda on NVIDIA GPUs; needs a binary built with `--features cuda`.
+    Cuda,
+}
 
-/// The CUDA backend.
-#[cfg(feature = "cuda")]
-pub type Cuda = burn::backend::Cuda;
+/// What kind of hardware a backend's device indices name, which decides how a sweep shares
+/// the machine between members running at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hardware {
+    /// The CPU: one device; several "devices" are peers (threads) sharing its cores.
+    Cpu,
+    /// NVIDIA GPUs, numbered as CUDA numbers them (so `CUDA_VISIBLE_DEVICES` selects them).
+    CudaGpus,
+}
 
-/// CUDA device `index`, checked: a machine without the driver or without that device gives
-/// an error that says so instead of a panic deep inside the runtime.
-#[cfg(feature = "cuda")]
-pub fn cuda_device(index: usize) -> anyhow::Result<burn::backend::cuda::CudaDevice> {
-    use burn::tensor::Tensor;
-    let device = burn::backend::cuda::CudaDevice::new(index);
-    let probe = std::panic::catch_unwind(|| {
-        let t = Tensor::<Cuda, 1>::from_floats([1.0, 2.0], &device);
-        t.sum().into_scalar()
-    });
-    match probe {
-        Ok(_) => Ok(device),
-        Err(panic) => {
-            let message = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
-            anyhow::bail!(
-                "cannot use CUDA device {index}: {message}\n(is the NVIDIA driver installed and does this machine have a GPU with that index? `nvidia-smi` lists them)"
-            )
+/// Memory a job's device holds, as the backend can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Memory {
+    pub bytes: u64,
+    /// What the number is, e.g. "peak resident set of the process".
+    pub what: &'static str,
+}
+
+/// What ddexp knows about a backend, in one place per backend.
+struct Facts {
+    /// The name on the command line (`--backend cpu`).
+    name: &'static str,
+    /// The name in prose.
+    title: &'static str,
+    /// The cargo feature that builds it in (`None`: always built).
+    feature: Option<&'static str>,
+    built: bool,
+    hardware: Hardware,
+    /// The Burn backend behind it, for labels.
+    library: &'static str,
+}
+
+impl Backend {
+    /// Every backend, built into this binary or not.
+    pub const ALL: [Backend; 2] = [Backend::Cpu, Backend::Cuda];
+
+    fn facts(self) -> Facts {
+        match self {
+            Backend::Cpu => Facts {
+                name: "cpu",
+                title: "the CPU backend",
+                feature: None,
+                built: true,
+                hardware: Hardware::Cpu,
+                library: "flex",
+            },
+            Backend::Cuda => Facts {
+                name: "cuda",
+                title: "CUDA",
+                feature: Some("cuda"),
+                built: cfg!(feature = "cuda"),
+                hardware: Hardware::CudaGpus,
+                library: "burn-cuda",
+            },
         }
+    }
+
+    /// The name on the command line (`--backend cpu`).
+    pub fn name(self) -> &'static str {
+        self.facts().name
+    }
+
+    /// The backend called `name` on the command line (any case).
+    pub fn from_name(name: &str) -> Option<Backend> {
+        Backend::ALL
+            .into_iter()
+            .find(|b| b.name().eq_ignore_ascii_case(name))
+    }
+
+    /// The cargo feature that builds this backend in (`None`: always built).
+    pub fn feature(self) -> Option<&'static str> {
+        self.facts().feature
+    }
+
+    /// Whether this binary was built with the backend.
+    pub fn is_built(self) -> bool {
+        self.facts().built
+    }
+
+    pub fn hardware(self) -> Hardware {
+        self.facts().hardware
+    }
+
+    /// What to tell a user who asks for a backend this binary lacks.
+    pub fn missing_message(self) -> String {
+        let Facts { title, feature, .. } = self.facts();
+        let feature = feature.unwrap_or_default();
+        format!(
+            "this ddexp was built without {title}; rebuild with `cargo build --release \
+             --features {feature}` to use it, or run on the CPU (topology.backend: Cpu in an \
+             experiment, --backend cpu for eval and sample)"
+        )
+    }
+
+    /// An error when this binary lacks the backend.
+    pub fn require_built(self) -> Result<()> {
+        if !self.is_built() {
+            bail!(self.missing_message());
+        }
+        Ok(())
     }
 }
 
-/// Bytes the CUDA allocator holds on device `index` right now (what the process costs the
-/// GPU, padding and pooled blocks included).
-#[cfg(feature = "cuda")]
-pub fn cuda_reserved_bytes(index: usize) -> Option<u64> {
-    use burn::cubecl::Runtime;
-    let device = burn::backend::cuda::CudaDevice::new(index);
-    burn::cubecl::cuda::CudaRuntime::client(&device)
-        .memory_usage()
-        .ok()
-        .map(|usage| usage.bytes_reserved)
+/// The devices a [`Job`] runs on.
+pub struct Devices<B: burn::tensor::backend::Backend> {
+    pub backend: Backend,
+    /// The experiment's device indices, one per device below.
+    pub indices: Vec<usize>,
+    pub devices: Vec<B::Device>,
+    /// How to read the memory device `indices[i]` holds, where the backend can tell.
+    memory: fn(usize) -> Option<Memory>,
 }
 
-/// Work that runs on one device of whichever backend an experiment names (evaluation and
-/// sampling; training picks its own autodiff backend).
+impl<B: burn::tensor::backend::Backend> Devices<B> {
+    /// e.g. `cpu (flex)` or `cuda:1`.
+    pub fn label(&self) -> String {
+        match self.backend.hardware() {
+            Hardware::Cpu => format!("{} ({})", self.backend.name(), self.backend.facts().library),
+            Hardware::CudaGpus => format!("{}:{}", self.backend.name(), self.indices[0]),
+        }
+    }
+
+    /// Memory the first device holds now (the resident set on the CPU, which only grows).
+    pub fn memory(&self) -> Option<Memory> {
+        (self.memory)(self.indices[0])
+    }
+}
+
+/// Work that runs on the devices of whichever backend an experiment names. Training wraps
+/// the backend in `burn::backend::Autodiff<B>` itself.
 pub trait Job {
     type Output;
-    fn run<B: burn::tensor::backend::Backend>(
-        self,
-        device: &B::Device,
-    ) -> anyhow::Result<Self::Output>;
+    fn run<B: burn::tensor::backend::Backend>(self, devices: &Devices<B>) -> Result<Self::Output>;
+}
+
+/// Runs `job` on devices `indices` of `backend`. On the CPU, each index is one peer of the
+/// single CPU device. A backend this binary lacks, or a device the machine does not have, is
+/// an error before the job starts.
+pub fn run<J: Job>(backend: Backend, indices: &[usize], job: J) -> Result<J::Output> {
+    let indices = indices.to_vec();
+    match backend {
+        Backend::Cpu => job.run(&Devices::<burn::backend::Flex> {
+            backend,
+            devices: vec![burn::backend::flex::FlexDevice; indices.len()],
+            indices,
+            memory: |_| peak_resident_set(),
+        }),
+        #[cfg(feature = "cuda")]
+        Backend::Cuda => job.run(&Devices::<burn::backend::Cuda> {
+            backend,
+            devices: indices
+                .iter()
+                .map(|&i| cuda::device(i))
+                .collect::<Result<_>>()?,
+            indices,
+            memory: cuda::reserved,
+        }),
+        #[allow(unreachable_patterns)] // every backend may be built in
+        missing => Err(anyhow::anyhow!(missing.missing_message())),
+    }
+}
+
+/// Peak resident set size of this process (Linux: VmHWM in /proc/self/status).
+fn peak_resident_set() -> Option<Memory> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(Memory {
+        bytes: kib * 1024,
+        what: "peak resident set of the process",
+    })
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    use super::Memory;
+
+    /// CUDA device `index`, checked: a machine without the driver or without that device
+    /// gives an error that says so instead of a panic deep inside the runtime.
+    pub fn device(index: usize) -> anyhow::Result<burn::backend::cuda::CudaDevice> {
+        use burn::tensor::Tensor;
+        let device = burn::backend::cuda::CudaDevice::new(index);
+        let probe = std::panic::catch_unwind(|| {
+            let t = Tensor::<burn::backend::Cuda, 1>::from_floats([1.0, 2.0], &device);
+            t.sum().into_scalar()
+        });
+        match probe {
+            Ok(_) => Ok(device),
+            Err(panic) => anyhow::bail!(
+                "cannot use CUDA device {index}: {}\n(is the NVIDIA driver installed and does \
+                 this machine have a GPU with that index? `nvidia-smi` lists them)",
+                super::panic_message(&*panic)
+            ),
+        }
+    }
+
+    /// Bytes the CUDA allocator holds on device `index` (what the process costs the GPU,
+    /// padding and pooled blocks included).
+    pub fn reserved(index: usize) -> Option<Memory> {
+        use burn::cubecl::Runtime;
+        let device = burn::backend::cuda::CudaDevice::new(index);
+        let usage = burn::cubecl::cuda::CudaRuntime::client(&device)
+            .memory_usage()
+            .ok()?;
+        Some(Memory {
+            bytes: usage.bytes_reserved,
+            what: "reserved by the CUDA allocator",
+        })
+    }
+}
+
+/// The message of a caught panic.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 /// Where `ddexp eval` and `ddexp sample` run when not where the experiment trained (a model
@@ -66,83 +253,39 @@ pub trait Job {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DeviceChoice {
     /// Replaces the experiment's backend.
-    pub backend: Option<crate::spec::Backend>,
-    /// The device index on that backend (CUDA only: the CPU backend is one device).
+    pub backend: Option<Backend>,
+    /// The device index on that backend (GPUs only: the CPU is one device).
     pub device: Option<usize>,
 }
 
 impl DeviceChoice {
-    /// The one-device topology to run on: the experiment's `trained` topology with the choice
-    /// applied. A backend other than the trained one starts at its device 0.
-    pub fn topology(
-        &self,
-        trained: &crate::spec::Topology,
-    ) -> anyhow::Result<crate::spec::Topology> {
-        let backend = self.backend.unwrap_or(trained.backend);
-        let devices = match (backend, self.device) {
-            (crate::spec::Backend::Cpu, Some(index)) if index != 0 => anyhow::bail!(
-                "--device {index}: the CPU backend is a single device (0); device indices \
-                 pick a GPU with --backend cuda"
+    /// The one device to run on, given the backend and devices the model trained on: the
+    /// first of those unless the choice says otherwise; a backend other than the trained
+    /// one starts at its device 0.
+    pub fn resolve(&self, trained: Backend, trained_devices: &[usize]) -> Result<(Backend, usize)> {
+        let backend = self.backend.unwrap_or(trained);
+        let device = match (backend.hardware(), self.device) {
+            (Hardware::Cpu, Some(index)) if index != 0 => bail!(
+                "--device {index}: {} is a single device (0); device indices pick a GPU, e.g. \
+                 with --backend cuda",
+                backend.facts().title
             ),
-            (_, Some(index)) => vec![index],
-            _ if backend != trained.backend => vec![0],
-            _ => trained.devices.clone(),
+            (_, Some(index)) => index,
+            _ if backend != trained => 0,
+            _ => trained_devices.first().copied().unwrap_or(0),
         };
-        Ok(crate::spec::Topology {
-            backend,
-            devices,
-            nodes: 1,
-            orchestrator: None,
-        })
+        Ok((backend, device))
     }
-}
-
-/// Runs `job` on the first device of `topology`: flex on the CPU, or CUDA device
-/// `topology.devices[0]` (a binary built without the `cuda` feature says how to rebuild).
-pub fn run_on_one_device<J: Job>(
-    topology: &crate::spec::Topology,
-    job: J,
-) -> anyhow::Result<J::Output> {
-    match topology.backend {
-        crate::spec::Backend::Cpu => job.run::<Cpu>(&burn::backend::flex::FlexDevice),
-        crate::spec::Backend::Cuda => run_on_cuda(topology, job),
-    }
-}
-
-#[cfg(feature = "cuda")]
-fn run_on_cuda<J: Job>(topology: &crate::spec::Topology, job: J) -> anyhow::Result<J::Output> {
-    let device = cuda_device(topology.devices.first().copied().unwrap_or(0))?;
-    job.run::<Cuda>(&device)
-}
-
-#[cfg(not(feature = "cuda"))]
-fn run_on_cuda<J: Job>(_: &crate::spec::Topology, _: J) -> anyhow::Result<J::Output> {
-    anyhow::bail!(
-        "the model was trained on CUDA, but this ddexp was built without CUDA; rebuild with \
-         `cargo build --release --features cuda`, or run it on the CPU with --backend cpu"
-    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{Backend, Topology};
-
-    fn gpus(devices: Vec<usize>) -> Topology {
-        Topology {
-            backend: Backend::Cuda,
-            devices,
-            nodes: 4,
-            orchestrator: Some("10.0.0.1:29500".into()),
-        }
-    }
 
     #[test]
-    fn no_choice_keeps_the_trained_backend_on_one_node() {
-        let t = DeviceChoice::default().topology(&gpus(vec![2, 3])).unwrap();
-        assert_eq!(t.backend, Backend::Cuda);
-        assert_eq!(t.devices, vec![2, 3]);
-        assert_eq!((t.nodes, t.orchestrator), (1, None));
+    fn no_choice_keeps_the_trained_backend_and_its_first_device() {
+        let chosen = DeviceChoice::default().resolve(Backend::Cuda, &[2, 3]);
+        assert_eq!(chosen.unwrap(), (Backend::Cuda, 2));
     }
 
     #[test]
@@ -151,13 +294,15 @@ mod tests {
             backend: Some(Backend::Cpu),
             device: None,
         };
-        assert_eq!(cpu.topology(&gpus(vec![5])).unwrap().devices, vec![0]);
+        assert_eq!(cpu.resolve(Backend::Cuda, &[5]).unwrap(), (Backend::Cpu, 0));
         let gpu3 = DeviceChoice {
             backend: Some(Backend::Cuda),
             device: Some(3),
         };
-        let t = gpu3.topology(&Topology::default()).unwrap();
-        assert_eq!((t.backend, t.devices), (Backend::Cuda, vec![3]));
+        assert_eq!(
+            gpu3.resolve(Backend::Cpu, &[0]).unwrap(),
+            (Backend::Cuda, 3)
+        );
     }
 
     #[test]
@@ -166,10 +311,31 @@ mod tests {
             backend: Some(Backend::Cpu),
             device: Some(1),
         };
-        let e = choice.topology(&gpus(vec![0])).unwrap_err().to_string();
+        let e = choice.resolve(Backend::Cuda, &[0]).unwrap_err().to_string();
         assert!(
             e.contains("--device 1") && e.contains("--backend cuda"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn backends_are_named_on_the_command_line_in_any_case() {
+        for backend in Backend::ALL {
+            assert_eq!(Backend::from_name(backend.name()), Some(backend));
+            let upper = backend.name().to_uppercase();
+            assert_eq!(Backend::from_name(&upper), Some(backend));
+        }
+        assert_eq!(Backend::from_name("tpu"), None);
+    }
+
+    #[test]
+    fn a_missing_backend_says_how_to_rebuild() {
+        let cpu = Backend::Cpu;
+        assert!(cpu.is_built() && cpu.require_built().is_ok());
+        for backend in Backend::ALL.into_iter().filter(|b| !b.is_built()) {
+            let e = backend.require_built().unwrap_err().to_string();
+            let feature = backend.feature().unwrap();
+            assert!(e.contains(&format!("--features {feature}")), "{e}");
+        }
     }
 }

@@ -1,12 +1,14 @@
-//! Bits/token on a split (DESIGN.md §5): `ddexp eval`, the final evaluation of a run, and the
-//! shorter validation pass of the training loop.
+//! Bits/token on a split: `ddexp eval`, and the final evaluation of a run.
 //!
-//! The estimator splits the T-step bound into two independent terms:
+//! The negative log-likelihood of a sequence is bounded by the T-step variational bound
+//! L_T = Σ_{t=1}^{T−1} KL_t + CE_0 (the prior term is zero: at t = T every token is the mask
+//! under both q and p). The estimator splits it into two independent terms:
 //! the KL term, (T − 1) × the mean per-token KL at t uniform in {1, …, T−1}, and the
 //! reconstruction term, the mean per-token CE at t = 0. Each is a mean over sequences with
 //! a standard error; their sum in bits is the estimate and the errors add in quadrature.
 //! Batches come from the split's fixed evaluation stream, and times and noise from a seed
 //! of their own, so two evaluations with the same settings see exactly the same tokens.
+//! EMA weights are the default.
 
 use std::f64::consts::LN_2;
 use std::ops::ControlFlow;
@@ -15,19 +17,19 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::Rng;
 use serde::Serialize;
 
-use crate::backend::{self, DeviceChoice, Job};
+use crate::backend::{self, DeviceChoice, Devices, Job};
+use crate::checkpoint::{self, CheckpointChoice, SavedModel};
 use crate::data::{self, Corpus};
-use crate::diffusion::{Diffusion, LossStats, Moments};
-use crate::model::{Dit, WeightSet};
-use crate::results::{EvalRow, RunDir, Weights};
+use crate::diffusion::{Diffusion, Moments};
+use crate::model::{Dit, WeightSet, token_tensor};
+use crate::results::stats::plus_minus;
+use crate::results::{EvalRow, RunDir};
 use crate::rng::{self, Stream};
 use crate::spec::Split;
-use crate::trained::{self, CheckpointChoice, Opened};
 
 /// How much of a split to evaluate.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -120,7 +122,8 @@ pub fn estimate<B: Backend>(
                 }
             })
             .collect();
-        let x0 = batch_tensor::<B>(corpus, split, batch, settings.batch_size, &device);
+        let ids = corpus.eval_batch(split, batch, settings.batch_size);
+        let x0 = token_tensor::<B>(&ids, settings.batch_size, corpus.seq_len(), &device);
         let rows = 0..settings.batch_size as u64;
         let mut noise = rng::rows(
             settings.seed,
@@ -222,9 +225,12 @@ impl From<&Estimate> for SplitEstimate {
 /// each split, on the experiment's backend (one device). For a run folder, one row per split
 /// is appended to its eval.csv.
 pub fn evaluate_model(model: &Path, options: &EvalOptions) -> Result<EvalReport> {
-    let opened = trained::open(model, options.weights, options.checkpoint)?;
+    let opened = checkpoint::open(model, options.weights, options.checkpoint)?;
     let experiment = &opened.experiment;
-    let topology = options.device.topology(&experiment.topology)?;
+    let topology = &experiment.topology;
+    let (on, device) = options
+        .device
+        .resolve(topology.backend, &topology.devices)?;
     let corpus = data::open(&opened.dataset(options.data.as_deref())?)?;
     corpus
         .check_model_vocab(opened.vocab_size)
@@ -265,7 +271,7 @@ pub fn evaluate_model(model: &Path, options: &EvalOptions) -> Result<EvalReport>
         splits: &splits,
         settings,
     };
-    let estimates = backend::run_on_one_device(&topology, job)?;
+    let estimates = backend::run(on, &[device], job)?;
 
     let eval_csv = match run {
         Some(run) => {
@@ -274,7 +280,8 @@ pub fn evaluate_model(model: &Path, options: &EvalOptions) -> Result<EvalReport>
                 None => run.log::<EvalRow>()?,
             };
             for estimate in &estimates {
-                log.append(&eval_row(estimate, &settings, &opened))?;
+                let iteration = opened.iteration().unwrap_or(0);
+                log.append(&eval_row(estimate, &settings, opened.weights, iteration))?;
             }
             log.sync()?;
             Some(log.path().to_path_buf())
@@ -301,7 +308,7 @@ pub fn evaluate_model(model: &Path, options: &EvalOptions) -> Result<EvalReport>
 
 /// Evaluation of each split on the device the experiment names.
 struct EvalJob<'a> {
-    opened: &'a Opened,
+    opened: &'a SavedModel,
     corpus: &'a Corpus,
     splits: &'a [Split],
     settings: EvalSettings,
@@ -310,8 +317,8 @@ struct EvalJob<'a> {
 impl Job for EvalJob<'_> {
     type Output = Vec<Estimate>;
 
-    fn run<B: Backend>(self, device: &B::Device) -> Result<Vec<Estimate>> {
-        let model = self.opened.load::<B>(device)?;
+    fn run<B: Backend>(self, devices: &Devices<B>) -> Result<Vec<Estimate>> {
+        let model = self.opened.load::<B>(&devices.devices[0])?;
         Ok(self
             .splits
             .iter()
@@ -330,13 +337,17 @@ impl Job for EvalJob<'_> {
     }
 }
 
-fn eval_row(estimate: &Estimate, settings: &EvalSettings, opened: &Opened) -> EvalRow {
+/// The eval.csv row of `estimate`, made with `settings` from `weights` after `iteration`
+/// optimiser steps.
+pub fn eval_row(
+    estimate: &Estimate,
+    settings: &EvalSettings,
+    weights: WeightSet,
+    iteration: u64,
+) -> EvalRow {
     EvalRow {
         split: estimate.split,
-        weights: match opened.weights {
-            WeightSet::Ema => Weights::Ema,
-            WeightSet::Model => Weights::Raw,
-        },
+        weights,
         kl_bits: estimate.kl.bits,
         kl_se: estimate.kl.std_error,
         recon_bits: estimate.recon.bits,
@@ -346,7 +357,7 @@ fn eval_row(estimate: &Estimate, settings: &EvalSettings, opened: &Opened) -> Ev
         kl_batches: settings.kl_batches,
         recon_batches: settings.recon_batches,
         batch_size: settings.batch_size as u64,
-        iter: opened.iteration().unwrap_or(0),
+        iter: iteration,
         timestamp: chrono::Local::now().to_rfc3339(),
     }
 }
@@ -387,15 +398,6 @@ pub fn evaluate_with_progress<B: Backend>(
     estimate
 }
 
-/// `value ± standard error`, or `value ± n/a` where there is no standard error (one batch or
-/// one sequence).
-pub fn plus_minus(value: f64, se: f64) -> String {
-    match se.is_finite() {
-        true => format!("{value:.4} ± {se:.4}"),
-        false => format!("{value:.4} ± n/a"),
-    }
-}
-
 /// The final table: one row per split.
 pub fn format_estimates(estimates: &[Estimate]) -> String {
     let mut s = format!(
@@ -412,75 +414,4 @@ pub fn format_estimates(estimates: &[Estimate]) -> String {
         ));
     }
     s
-}
-
-/// The validation pass of the training loop: the training loss and its T-step estimate on
-/// `batches` batches of the fixed val stream, with uniform times as in training. Also the
-/// standard error of bits/token over batches.
-pub fn validation_loss<B: Backend>(
-    net: &Dit<B>,
-    diffusion: &Diffusion,
-    corpus: &Corpus,
-    batches: u64,
-    batch_size: usize,
-) -> (LossStats, f64) {
-    let stats = validation_batches(net, diffusion, corpus, 0..batches, batch_size);
-    summarise_validation(&stats)
-}
-
-/// The statistics of some batches of the validation pass (each batch is the same whoever
-/// evaluates it, so replicas can share the pass).
-pub fn validation_batches<B: Backend>(
-    net: &Dit<B>,
-    diffusion: &Diffusion,
-    corpus: &Corpus,
-    batches: impl Iterator<Item = u64>,
-    batch_size: usize,
-) -> Vec<LossStats> {
-    let device = net.devices()[0].clone();
-    let timesteps = diffusion.timesteps();
-    batches
-        .map(|batch| {
-            let mut rng = rng::rng(0, Stream::Validation, &[batch, 0]);
-            let times: Vec<usize> = (0..batch_size)
-                .map(|_| rng.random_range(0..timesteps))
-                .collect();
-            let x0 = batch_tensor::<B>(corpus, Split::Val, batch, batch_size, &device);
-            let mut noise = rng::rows(0, Stream::Validation, &[batch, 1], 0..batch_size as u64);
-            diffusion.loss(net, x0, &times, &mut noise).stats()
-        })
-        .collect()
-}
-
-/// The validation result from the statistics of its batches, in batch order: the merged
-/// statistics and the standard error of bits/token over batches.
-pub fn summarise_validation(batches: &[LossStats]) -> (LossStats, f64) {
-    let mut total = LossStats::default();
-    let mut per_batch = Moments::default();
-    for stats in batches {
-        let bits = stats.bits_per_token();
-        per_batch.merge(&Moments {
-            count: 1,
-            sum: bits,
-            sum_sq: bits * bits,
-        });
-        total.merge(stats);
-    }
-    (total, per_batch.std_error())
-}
-
-/// Batch `index` of the split's evaluation stream as a [batch, seq_len] tensor.
-fn batch_tensor<B: Backend>(
-    corpus: &Corpus,
-    split: Split,
-    index: u64,
-    batch_size: usize,
-    device: &B::Device,
-) -> Tensor<B, 2, Int> {
-    let ids: Vec<i64> = corpus
-        .eval_batch(split, index, batch_size)
-        .into_iter()
-        .map(i64::from)
-        .collect();
-    Tensor::from_data(TensorData::new(ids, [batch_size, corpus.seq_len()]), device)
 }

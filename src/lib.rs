@@ -1,22 +1,47 @@
 //! ddexp: train, evaluate and sample discrete diffusion language models from declarative
 //! experiment files.
 //!
-//! The modules follow the pipeline: an experiment [`spec`] names the data ([`data`]), the
-//! network ([`model`]), the process ([`diffusion`]) and the recipe; [`train`] runs it,
-//! [`eval`] measures bits/token and [`sample`] draws text from a [`trained`] model,
-//! [`results`] writes and compares run folders, and [`sweep`] runs families of experiments.
-//! The CLI ([`cli`]) only parses arguments and calls into the library.
+//! The modules are listed in pipeline order, and each uses only modules listed before it:
+//!
+//! - [`rng`]: counter-based random streams, so every draw is a function of where it happens;
+//! - [`backend`]: the compute backends and the one place that picks a Burn backend;
+//! - [`spec`]: the experiment file — types, loading, validation, `--set`;
+//! - [`data`]: corpora, tokenisers, the token store and batch windows;
+//! - [`model`]: the Diffusion Transformer and its weights;
+//! - [`diffusion`]: the processes — noise, loss, reverse step, time samplers;
+//! - [`results`]: what a run writes (run folders, CSV logs, charts);
+//! - [`checkpoint`]: weights on disk (checkpoints, model folders, nanoDD imports);
+//! - [`eval`]: bits/token on a split;
+//! - [`train`]: the training loop, its topology and `ddexp bench`;
+//! - [`sample`]: ancestral sampling;
+//! - [`sweep`]: families of experiments;
+//! - [`report`]: comparing runs;
+//! - [`cli`]: the command line, which only parses arguments and calls the above.
+
+pub mod rng;
 
 pub mod backend;
-pub mod cli;
-pub mod data;
-pub mod diffusion;
-pub mod eval;
-pub mod model;
-pub mod results;
-pub mod rng;
-pub mod sample;
+
 pub mod spec;
-pub mod sweep;
+
+pub mod data;
+
+pub mod model;
+
+pub mod diffusion;
+
+pub mod results;
+
+pub mod checkpoint;
+
+pub mod eval;
+
 pub mod train;
-pub mod trained;
+
+pub mod sample;
+
+pub mod sweep;
+
+pub mod report;
+
+pub mod cli;

@@ -1,18 +1,10 @@
 //! `ddexp data ...` end to end through the binary.
 
-mod support;
+mod common;
 
 use std::fs;
-use std::path::Path;
-use std::process::{Command, Output};
 
-fn ddexp(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ddexp"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("run ddexp")
-}
+use common::cli::ddexp;
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -24,7 +16,7 @@ fn prepare_info_verify_text8() {
     let corpus = "the quick brown fox jumps over the lazy dog ".repeat(100); // 4400 chars
     fs::write(
         dir.path().join("text8.zip"),
-        support::zip_bytes(&[("text8", corpus.as_bytes())]),
+        common::data::zip_bytes(&[("text8", corpus.as_bytes())]),
     )
     .unwrap();
 

@@ -2,15 +2,15 @@
 //! every document, deterministic document splits, parquet + jsonl + txt inputs, the hub
 //! download path against a local server, and character vocabularies.
 
-mod support;
+mod common;
 
 use std::collections::HashMap;
 use std::fs;
 use std::path::Path;
 
+use common::data::{Behaviour, Server, entries, write_jsonl, write_parquet};
 use ddexp::data::{self, GPT2_EOT, OpenWebTextSource, PrepareOpenWebText, PrepareText};
 use ddexp::spec::{Dataset, Split, Tokenizer};
-use support::{Behaviour, Server, entries, write_jsonl, write_parquet};
 
 /// Documents with GPT-2 ids published by others (GPT-2's encoder.json and the test vectors
 /// of other GPT-2 tokenizers), never computed by ddexp.

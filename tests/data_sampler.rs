@@ -1,13 +1,13 @@
 //! The batch sampler: determinism, rank and micro-step independence, window bounds, the
 //! fixed evaluation stream, and the synthetic corpus it is usually fed by.
 
-mod support;
+mod common;
 
 use std::collections::HashSet;
 
+use common::data::zip_bytes;
 use ddexp::data::{self, Corpus, PrepareText8, Text8Source};
 use ddexp::spec::{Dataset, Split};
-use support::zip_bytes;
 
 fn synthetic(seq_len: usize, corpus_seed: u64) -> Corpus {
     data::open(&Dataset::Synthetic {

@@ -1,15 +1,15 @@
 //! text8 preparation: local zip, plain file and HTTP sources, the reference split, the
 //! reference .npy format, failures that leave nothing behind, and the checks on open.
 
-mod support;
+mod common;
 
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use common::data::{Behaviour, Server, entries, text8_ids, zip_bytes, zip_stored};
 use ddexp::data::{self, PrepareText8, Text8Source};
 use ddexp::spec::{Dataset, Split};
-use support::{Behaviour, Server, entries, text8_ids, zip_bytes, zip_stored};
 
 /// 1234 characters of text8-like text, so the reference cuts are int(1110.6) = 1110 and
 /// int(1172.3) = 1172 (Python: `int(1234 * 0.9), int(1234 * 0.95)`).

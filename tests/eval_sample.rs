@@ -11,20 +11,22 @@ mod common;
 use std::f64::consts::LN_2;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use burn::backend::Flex;
 use burn::tensor::{Int, Tensor, TensorData};
+use common::fixtures::open_model;
+use ddexp::checkpoint::import_nanodd;
 use ddexp::data::{self, MASK_GLYPH, PrepareText, PrepareText8, TEXT8_ALPHABET, Text8Source};
 use ddexp::diffusion::Moments;
-use ddexp::model::{WeightSet, import_nanodd, load_model_folder};
+use ddexp::model::WeightSet;
 use ddexp::rng::{self, Stream};
-use ddexp::sample::{SampleSettings, Sampled, Sampler, sample_with};
+use ddexp::sample::{AncestralSampler, SampleSettings, Sampled, sample_with};
 use ddexp::spec::{Dataset, Split, Tokenizer};
 use rand::Rng;
 
 fn ddexp(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ddexp"))
+    common::cli::command()
         .args(args)
         .output()
         .expect("ddexp runs")
@@ -58,9 +60,9 @@ fn json(args: &[&str]) -> serde_json::Value {
 }
 
 fn fixture(name: &str) -> PathBuf {
-    common::fixture_cases()
+    common::fixtures::fixture_cases()
         .into_iter()
-        .find(|case| common::case_name(case) == name)
+        .find(|case| common::fixtures::case_name(case) == name)
         .unwrap_or_else(|| panic!("no fixture case {name}"))
 }
 
@@ -153,8 +155,8 @@ fn eval_reports_the_terms_the_model_code_computes_on_the_same_batches() {
     // The same batches through the model code: the split's fixed windows, times from
     // (seed, EvalTimes, [split, batch]) and noise per sequence from (seed, EvalNoise, ...).
     let device = Default::default();
-    let loaded = load_model_folder::<Flex>(&model, &device).unwrap();
-    let timesteps = loaded.experiment.model.timesteps();
+    let (saved, loaded) = open_model::<Flex>(&model, &device);
+    let timesteps = saved.experiment.model.timesteps();
     let corpus = data::open(&Dataset::Text8 {
         root: root.clone(),
         seq_len: 256,
@@ -486,7 +488,13 @@ fn a_gpu_trained_model_runs_on_the_cpu_when_asked() {
         "{err}"
     );
     let err = fails(&eval(&cpu_model, &root, &["--backend", "tpu"]));
-    assert!(err.contains("expected cpu or cuda"), "{err}");
+    assert!(
+        err.contains("unknown backend `tpu`, expected one of"),
+        "{err}"
+    );
+    for backend in ddexp::backend::Backend::ALL {
+        assert!(err.contains(backend.name()), "{err}");
+    }
 }
 
 #[test]
@@ -591,7 +599,7 @@ fn draws(settings: SampleSettings, batches: u64) -> Vec<Sampled> {
     let dir = tempfile::tempdir().unwrap();
     let model = imported(dir.path(), "tiny_text8");
     let device = Default::default();
-    let loaded = load_model_folder::<Flex>(&model, &device).unwrap();
+    let (_, loaded) = open_model::<Flex>(&model, &device);
     (0..batches)
         .map(|seed| {
             let network = |x: Tensor<Flex, 2, Int>, s: usize| {
@@ -613,12 +621,12 @@ fn the_fast_sampler_draws_from_the_step_by_step_distribution() {
         seq_len: 12,
         steps: 8,
         seed: 0,
-        sampler: Sampler::Exact,
+        sampler: AncestralSampler::Exact,
     };
     let fast = draws(settings, 5);
     let slow = draws(
         SampleSettings {
-            sampler: Sampler::ExactEveryStep,
+            sampler: AncestralSampler::ExactEveryStep,
             ..settings
         },
         5,
@@ -686,7 +694,7 @@ fn the_fast_sampler_calls_the_network_only_where_positions_unmask_at_their_time(
     let dir = tempfile::tempdir().unwrap();
     let model = imported(dir.path(), "tiny_text8");
     let device = Default::default();
-    let loaded = load_model_folder::<Flex>(&model, &device).unwrap();
+    let (_, loaded) = open_model::<Flex>(&model, &device);
     for (steps, seq_len) in [(1000, 8), (50, 20)] {
         let mut calls: Vec<(usize, usize)> = vec![];
         let network = |x: Tensor<Flex, 2, Int>, s: usize| {
@@ -701,7 +709,7 @@ fn the_fast_sampler_calls_the_network_only_where_positions_unmask_at_their_time(
             seq_len,
             steps,
             seed: 11,
-            sampler: Sampler::Exact,
+            sampler: AncestralSampler::Exact,
         };
         let sampled = sample_with(network, &loaded.diffusion, &settings, &device, |_| {}).unwrap();
         assert_eq!(sampled.network_calls, calls.len());
@@ -749,7 +757,7 @@ fn length_256_at_t_1000_needs_about_226_network_calls() {
                 seq_len: 256,
                 steps: 1000,
                 seed,
-                sampler: Sampler::Exact,
+                sampler: AncestralSampler::Exact,
             };
             let sampled = sample_with(network, &diffusion, &settings, &device, |_| {}).unwrap();
             assert!(sampled.tokens[0].iter().all(|&t| t < 27));

@@ -6,32 +6,36 @@ mod common;
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use burn::backend::Flex;
 use burn::tensor::{Int, Tensor, TensorData};
-use ddexp::model::{
-    EXPERIMENT_FILE, INFO_FILE, StateDict, WEIGHTS_FILE, WeightSet, import_nanodd,
-    load_model_folder, read_nanodd_checkpoint,
+use common::fixtures::open_model;
+use ddexp::checkpoint::{
+    INFO_FILE, WEIGHTS_FILE, import_nanodd, read_model_info, read_nanodd_checkpoint, tensor_file,
 };
+use ddexp::model::WeightSet;
+use ddexp::results::EXPERIMENT_FILE;
 
 #[test]
 fn imported_fixtures_reload_with_the_reference_logits() {
-    for case in common::fixture_cases() {
-        let recorded = StateDict::read_safetensors(&case.join("cases.safetensors")).unwrap();
+    for case in common::fixtures::fixture_cases() {
+        let recorded = tensor_file::read(&case.join("cases.safetensors")).unwrap();
         let meta: serde_json::Value =
             serde_json::from_str(&fs::read_to_string(case.join("meta.json")).unwrap()).unwrap();
         let args = &meta["model_args"];
         for which in [WeightSet::Ema, WeightSet::Model] {
             let dir = tempfile::tempdir().unwrap();
-            let out = dir.path().join("models").join(common::case_name(&case));
+            let out = dir
+                .path()
+                .join("models")
+                .join(common::fixtures::case_name(&case));
             import_nanodd(&case.join("ckpt.pt"), &out, which).unwrap();
             for file in [EXPERIMENT_FILE, WEIGHTS_FILE, INFO_FILE] {
                 assert!(out.join(file).is_file(), "{file} written");
             }
 
             // The weights keep nanoDD's state-dict names, so nanoDD can load them back.
-            let written = StateDict::read_safetensors(&out.join(WEIGHTS_FILE)).unwrap();
+            let written = tensor_file::read(&out.join(WEIGHTS_FILE)).unwrap();
             let source = read_nanodd_checkpoint(&case.join("ckpt.pt"), which).unwrap();
             assert_eq!(
                 written.names().collect::<Vec<_>>(),
@@ -43,14 +47,15 @@ fn imported_fixtures_reload_with_the_reference_logits() {
             );
 
             let device = Default::default();
-            let model = load_model_folder::<Flex>(&out, &device).unwrap();
-            let network = &model.experiment.network;
+            let (saved, model) = open_model::<Flex>(&out, &device);
+            let network = &saved.experiment.network;
             assert_eq!(network.n_heads as u64, args["n_heads"].as_u64().unwrap());
             assert_eq!(network.n_blocks as u64, args["n_blocks"].as_u64().unwrap());
-            assert_eq!(model.info.weights, which);
-            assert_eq!(model.info.num_classes as u64, meta["K"].as_u64().unwrap());
+            let info = read_model_info(&out).unwrap();
+            assert_eq!(info.weights, which);
+            assert_eq!(info.num_classes as u64, meta["K"].as_u64().unwrap());
             assert_eq!(
-                model.experiment.model.timesteps() as u64,
+                saved.experiment.model.timesteps() as u64,
                 args["T"].as_u64().unwrap()
             );
 
@@ -99,9 +104,9 @@ fn imported_fixtures_reload_with_the_reference_logits() {
 fn the_recorded_training_arguments_are_kept() {
     // tiny_text8's ckpt.pt records training_args {batch_size: 3, learning_rate: 1e-3,
     // weight_decay: 0.1, training_seed: 0} and total_batch_size 3: one micro-batch per step.
-    let case = common::fixture_cases()
+    let case = common::fixtures::fixture_cases()
         .into_iter()
-        .find(|case| common::case_name(case) == "tiny_text8")
+        .find(|case| common::fixtures::case_name(case) == "tiny_text8")
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("tiny");
@@ -118,10 +123,10 @@ fn the_recorded_training_arguments_are_kept() {
 
 /// The first fixture checkpoint, for the corruption tests.
 fn fixture_ckpt() -> PathBuf {
-    common::fixture_cases()
+    common::fixtures::fixture_cases()
         .into_iter()
-        .find(|case| common::case_name(case) == "tiny_text8")
-        .unwrap_or_else(|| common::fixture_cases().remove(0))
+        .find(|case| common::fixtures::case_name(case) == "tiny_text8")
+        .unwrap_or_else(|| common::fixtures::fixture_cases().remove(0))
         .join("ckpt.pt")
 }
 
@@ -244,12 +249,7 @@ fn cli_imports_and_reports_errors() {
     let ckpt = fixture_ckpt();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("text8");
-    let run = |args: &[&std::ffi::OsStr]| {
-        Command::new(env!("CARGO_BIN_EXE_ddexp"))
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let run = |args: &[&std::ffi::OsStr]| common::cli::command().args(args).output().unwrap();
 
     let ok = run(&[
         "import".as_ref(),

@@ -1,5 +1,5 @@
 //! Parity with the reference: every fixture case under the fixture root (see
-//! `common::fixture_cases`), both weight sets, every recorded tensor — the network's
+//! `common::fixtures::fixture_cases`), both weight sets, every recorded tensor — the network's
 //! intermediates, logits, posteriors, per-token KL and CE, the loss, both reverse-step
 //! variants, and the gradient of the loss for every parameter — in float32 on flex.
 //!
@@ -15,8 +15,10 @@ use std::path::Path;
 
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::{Int, Tensor, TensorData};
+use common::fixtures::open_model;
+use ddexp::checkpoint::{import_nanodd, tensor_file};
 use ddexp::diffusion::{Diffusion, LossTrace, ReverseMode};
-use ddexp::model::{StateDict, WeightSet, import_nanodd, load_model_folder};
+use ddexp::model::{StateDict, WeightSet};
 
 type B = Autodiff<Flex>;
 
@@ -37,9 +39,9 @@ struct Row {
 fn every_fixture_case_matches_the_reference() {
     let mut report = String::new();
     let mut failed = false;
-    for case in common::fixture_cases() {
-        let recorded = StateDict::read_safetensors(&case.join("cases.safetensors"))
-            .expect("cases.safetensors");
+    for case in common::fixtures::fixture_cases() {
+        let recorded =
+            tensor_file::read(&case.join("cases.safetensors")).expect("cases.safetensors");
         let mut compared = BTreeSet::new();
         for which in [WeightSet::Model, WeightSet::Ema] {
             let rows = run_case(&case, which, &recorded, &mut compared);
@@ -47,7 +49,7 @@ fn every_fixture_case_matches_the_reference() {
             let _ = writeln!(
                 report,
                 "\n{} / {} weights: worst relative error {worst:.3e} (max|ours-ref| / max|ref|, threshold {THRESHOLD:e})",
-                common::case_name(&case),
+                common::fixtures::case_name(&case),
                 which.name()
             );
             let _ = writeln!(
@@ -79,7 +81,7 @@ fn every_fixture_case_matches_the_reference() {
             let _ = writeln!(
                 report,
                 "\n{}: recorded tensors not compared: {missed:?}",
-                common::case_name(&case)
+                common::fixtures::case_name(&case)
             );
         }
     }
@@ -98,7 +100,7 @@ fn run_case(
     let dir = tempfile::tempdir().unwrap();
     let folder = dir.path().join(which.name());
     import_nanodd(&case.join("ckpt.pt"), &folder, which).expect("import");
-    let model = load_model_folder::<B>(&folder, &device).expect("load the imported folder");
+    let (_, model) = open_model::<B>(&folder, &device);
     let Diffusion::Absorbing(process) = &model.diffusion;
     let w = which.name();
 

@@ -1,9 +1,11 @@
 //! `ddexp report` through the command line, on run folders written with the public results API.
 
-use std::path::Path;
-use std::process::Command;
+mod common;
 
-use ddexp::results::{EvalRow, RunDir, RunStatus, TrainRow, ValRow, Weights};
+use std::path::Path;
+
+use ddexp::model::WeightSet;
+use ddexp::results::{EvalRow, RunDir, RunStatus, TrainRow, ValRow};
 use ddexp::spec::{Experiment, Split};
 
 /// A finished run whose train loss alternates 3 ± d (noise grows with d).
@@ -37,7 +39,7 @@ fn run(root: &Path, sampler: &str, seed: u64, d: f64) {
     for split in [Split::Val, Split::Test] {
         eval.append(&EvalRow {
             split,
-            weights: Weights::Ema,
+            weights: WeightSet::Ema,
             kl_bits: 1.9,
             kl_se: 0.01,
             recon_bits: 0.1,
@@ -69,7 +71,7 @@ fn report_command_compares_two_samplers() {
         "four runs share a time stamp"
     );
 
-    let out = Command::new(env!("CARGO_BIN_EXE_ddexp"))
+    let out = common::cli::command()
         .args([
             "report",
             "cmp",
@@ -113,7 +115,7 @@ fn report_command_compares_two_samplers() {
 fn report_command_fails_cleanly_on_bad_input() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("results");
-    let out = Command::new(env!("CARGO_BIN_EXE_ddexp"))
+    let out = common::cli::command()
         .args(["report", "nothing_here", "--results"])
         .arg(&root)
         .output()

@@ -1,15 +1,15 @@
 //! `ddexp run` end to end through the binary: a complete run folder, exact resume after a
 //! SIGKILL, divergence handling, and refusals that leave nothing behind.
 
-mod cli;
+mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
-use cli::{ddexp, eval_rows, tensors, text, train_rows, val_rows};
+use common::cli::{ddexp, eval_rows, tensors, text, train_rows, val_rows};
+use ddexp::checkpoint::Checkpoint;
 use ddexp::results::{EvalRow, RunInfo, RunStatus, TrainRow, ValRow, read_rows};
-use ddexp::train::checkpoint::Checkpoint;
 
 /// A DiT small enough to train in seconds on the synthetic corpus.
 fn tiny(name: &str, train: &str) -> String {
@@ -165,7 +165,7 @@ fn a_killed_run_resumes_to_the_same_weights_and_logs() {
     // checkpoint at 16, before the one at 20), then resumed.
     let killed = tempfile::tempdir().unwrap();
     std::fs::write(killed.path().join("e.ron"), &exp).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ddexp"))
+    let mut child = common::cli::command()
         .args(["run", "e.ron"])
         .current_dir(killed.path())
         .stdout(Stdio::null())
@@ -225,7 +225,7 @@ fn ctrl_c_during_the_final_evaluation_stops_it() {
     let exp = tiny("final", "max_iters: 4, eval_interval: 4, eval_iters: 1")
         .replace("kl_batches: 3", "kl_batches: 100000000");
     std::fs::write(dir.path().join("e.ron"), &exp).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ddexp"))
+    let mut child = common::cli::command()
         .args(["run", "e.ron"])
         .current_dir(dir.path())
         .stdout(Stdio::null())

@@ -2,12 +2,12 @@
 //! members run and are recorded, a re-run skips or resumes them, invalid members stop the
 //! sweep before anything is written, failures are isolated, and Ctrl-C checkpoints.
 
-mod cli;
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use cli::{ddexp, text};
+use common::cli::{ddexp, text};
 use ddexp::results::{
     Attempt, FolderLock, MemberStatus, RunInfo, RunStatus, SweepMemberRow, read_rows,
 };
@@ -363,7 +363,7 @@ fn ctrl_c_checkpoints_the_running_member_and_stops_the_sweep() {
         "max_iters: 100000000, checkpoint: (every: 1),",
     );
     let work = sweep_folder(&[("a.ron", endless), ("b.ron", tiny("t_b"))]);
-    let sweep = Command::new(env!("CARGO_BIN_EXE_ddexp"))
+    let sweep = common::cli::command()
         .args(["sweep", "sw"])
         .current_dir(work.path())
         .stdout(std::process::Stdio::piped())

@@ -7,7 +7,7 @@
 //! peers. Two peers sum their gradients in one order whatever carries them, so every run here
 //! must match the reference bit for bit.
 
-mod cli;
+mod common;
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -17,9 +17,9 @@ use std::sync::OnceLock;
 use std::sync::mpsc::{self, Receiver};
 use std::time::Duration;
 
-use cli::{eval_rows, tensors, text, train_rows, val_rows};
+use common::cli::{eval_rows, tensors, text, train_rows, val_rows};
+use ddexp::checkpoint::Checkpoint;
 use ddexp::results::{RunInfo, RunStatus};
-use ddexp::train::checkpoint::Checkpoint;
 
 /// Bounds every wait of these tests, so that a hang fails instead of blocking CI. Generous:
 /// the machine may be busy; nothing asserts how fast anything is.
@@ -45,7 +45,7 @@ fn experiment() -> String {
 }
 
 fn ddexp() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_ddexp"));
+    let mut c = common::cli::command();
     // A hang anywhere fails within the test's patience, with the collective's own message.
     c.env("DDEXP_COLLECTIVE_TIMEOUT", "120");
     for var in [

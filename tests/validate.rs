@@ -1,11 +1,11 @@
 //! `ddexp validate` and `ddexp schema` through the binary: every shipped experiment is
 //! valid, every kind of mistake gets a located message, and nothing is written.
 
-mod cli;
+mod common;
 
 use std::path::PathBuf;
 
-use cli::{ddexp, text};
+use common::cli::{ddexp, text};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

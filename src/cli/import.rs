@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Subcommand;
 
-use crate::model::{self, WeightSet};
+use crate::checkpoint;
+use crate::model::WeightSet;
 
 #[derive(Debug, Subcommand)]
 pub enum Import {
@@ -29,7 +30,7 @@ pub enum Import {
 pub fn run(command: Import) -> Result<()> {
     match command {
         Import::Nanodd { ckpt, out, weights } => {
-            let summary = model::import_nanodd(&ckpt, &out, weights)?;
+            let summary = checkpoint::import_nanodd(&ckpt, &out, weights)?;
             let net = &summary.experiment.network;
             println!(
                 "imported the {} weights of {} ({} blocks × {}, {} heads, K = {}) into {}",

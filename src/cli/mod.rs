@@ -5,10 +5,10 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::backend::Backend;
 use crate::backend::DeviceChoice;
+use crate::checkpoint::CheckpointChoice;
 use crate::model::WeightSet;
-use crate::spec::Backend;
-use crate::trained::CheckpointChoice;
 
 mod bench;
 mod data;
@@ -148,9 +148,9 @@ pub struct ModelChoice {
     #[arg(long, value_enum, default_value_t = CheckpointChoice::Latest)]
     checkpoint: CheckpointChoice,
     /// Run on this backend instead of the experiment's (e.g. a GPU-trained model on a laptop).
-    #[arg(long, value_name = "cpu|cuda", value_parser = parse_backend)]
+    #[arg(long, value_name = "BACKEND", value_parser = parse_backend)]
     backend: Option<Backend>,
-    /// CUDA device index (default: the experiment's first device).
+    /// GPU index on that backend (default: the experiment's first device).
     #[arg(long, value_name = "INDEX")]
     device: Option<usize>,
 }
@@ -165,11 +165,13 @@ impl ModelChoice {
 }
 
 fn parse_backend(name: &str) -> Result<Backend, String> {
-    match name.to_ascii_lowercase().as_str() {
-        "cpu" => Ok(Backend::Cpu),
-        "cuda" => Ok(Backend::Cuda),
-        _ => Err(format!("unknown backend `{name}`, expected cpu or cuda")),
-    }
+    Backend::from_name(name).ok_or_else(|| {
+        let names: Vec<&str> = Backend::ALL.iter().map(|b| b.name()).collect();
+        format!(
+            "unknown backend `{name}`, expected one of {}",
+            names.join(", ")
+        )
+    })
 }
 
 pub fn main() -> ExitCode {

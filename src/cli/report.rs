@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use crate::results;
+use crate::report;
 
 #[derive(Debug, Args)]
 pub struct ReportArgs {
@@ -20,7 +20,7 @@ pub struct ReportArgs {
     #[arg(long, default_value = "results")]
     results: PathBuf,
     /// Rolling window, in logged points (odd, at least 3), for the smoothing and the loss noise.
-    #[arg(long, default_value_t = results::DEFAULT_WINDOW)]
+    #[arg(long, default_value_t = report::DEFAULT_WINDOW)]
     window: usize,
     /// The group the others are compared with: text that appears in exactly one group's label,
     /// e.g. `sampler=Uniform` [default: the first group].
@@ -29,7 +29,7 @@ pub struct ReportArgs {
 }
 
 pub fn run(args: ReportArgs) -> Result<()> {
-    let report = results::report(&results::ReportOptions {
+    let report = report::report(&report::ReportOptions {
         inputs: args.inputs,
         results_root: args.results,
         out: args.out,

@@ -7,7 +7,7 @@ use anyhow::Result;
 use clap::Args;
 
 use super::ModelChoice;
-use crate::sample::{self, SampleOptions, Sampler};
+use crate::sample::{self, AncestralSampler, SampleOptions};
 
 #[derive(Debug, Args)]
 pub struct SampleArgs {
@@ -49,11 +49,11 @@ pub struct SampleArgs {
 
 pub fn run(args: SampleArgs) -> Result<()> {
     let sampler = if args.reference_sampler {
-        Sampler::Reference
+        AncestralSampler::Reference
     } else if args.every_step {
-        Sampler::ExactEveryStep
+        AncestralSampler::ExactEveryStep
     } else {
-        Sampler::Exact
+        AncestralSampler::Exact
     };
     let options = SampleOptions {
         batch: args.batch as usize,

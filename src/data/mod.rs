@@ -1,5 +1,5 @@
 //! Datasets: preparation (`ddexp data prepare`), the on-disk token format, vocabularies, the
-//! synthetic corpus, and the batch sampler that training and evaluation read from.
+//! synthetic corpus, and the batch windows that training and evaluation read.
 //!
 //! Training, evaluation and sampling need only:
 //! - [`open`] an experiment's [`Dataset`](crate::spec::Dataset) into a [`Corpus`] (checked:
@@ -13,12 +13,12 @@ mod documents;
 mod download;
 mod inspect;
 mod openwebtext;
-mod sampler;
 mod store;
 mod synthetic;
 mod text;
 mod text8;
 mod tokenizer;
+mod windows;
 
 pub use corpus::{Corpus, open};
 pub use inspect::{info, verify};

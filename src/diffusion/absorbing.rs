@@ -1,4 +1,4 @@
-//! D3PM with an absorbing (mask) state, as nanoDD's `D3PMAbsorbing` (DESIGN.md §5).
+//! D3PM with an absorbing (mask) state, as nanoDD's `D3PMAbsorbing`.
 //!
 //! Time convention (the reference's): a training step draws a transition index
 //! t ∈ {0, …, T−1}, noises x_0 to x_{t+1}, runs the network at time t + 1 and compares the

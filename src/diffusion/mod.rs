@@ -5,7 +5,7 @@
 //! (MDLM, uniform D3PM, ...) is a new variant here and nothing changes there.
 
 mod absorbing;
-mod estimate;
+mod stats;
 mod time_sampler;
 
 use burn::tensor::backend::Backend;
@@ -13,7 +13,7 @@ use burn::tensor::{Int, Tensor};
 use rand::Rng;
 
 pub use absorbing::{D3pmAbsorbing, LossTrace, ReverseMode, TokenTerms, sample_categorical};
-pub use estimate::{LossStats, Moments};
+pub use stats::{LossStats, Moments};
 pub use time_sampler::{local_times, sample_times};
 
 use crate::model::{Dit, StateDict};

@@ -1,4 +1,9 @@
-//! The diffusion times of a training batch (DESIGN.md §5).
+//! The diffusion times of a training batch: a transition index t ∈ {0, …, T−1} per sequence.
+//!
+//! - Uniform (the reference's choice): each t is drawn independently.
+//! - LowDiscrepancy: one uniform offset u per global batch of N sequences, and
+//!   t_i = ⌊((u + i/N) mod 1)·T⌋ — a stratified draw with the same marginal distribution,
+//!   which lowers the variance of the batch's loss estimate.
 //!
 //! Times are drawn for the whole global batch at once — every sequence of every micro-step
 //! on every rank of one optimiser step — so that the low-discrepancy draw is stratified over

@@ -18,6 +18,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::atomic::write_atomic;
+use crate::model::WeightSet;
 use crate::spec::Split;
 
 /// A typed row of a CSV file that ddexp writes.
@@ -50,7 +51,9 @@ pub struct TrainRow {
     pub kl: f64,
     /// Mean per-token cross-entropy.
     pub ce: f64,
-    /// The T-step estimate of the negative log-likelihood per token (DESIGN.md §5).
+    /// The T-step estimate of the negative log-likelihood per token: (T − 1) × the mean KL
+    /// over tokens with t > 0, plus the mean CE over tokens with t = 0 (T × the mean KL when
+    /// the batch has no t = 0).
     pub l_t: f64,
     pub bits_per_token: f64,
     /// Global gradient norm before clipping.
@@ -83,17 +86,6 @@ impl LogRow for TrainRow {
     }
 }
 
-/// Which weights an evaluation used.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Weights {
-    /// The exponential moving average of the weights (the default for evaluation).
-    #[default]
-    Ema,
-    /// The weights as trained.
-    Raw,
-}
-
 /// One row of `val.csv`, written every `train.eval_interval` steps on the fixed val stream.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ValRow {
@@ -109,7 +101,8 @@ pub struct ValRow {
     pub bits_se: f64,
     /// Validation batches averaged (`train.eval_iters`).
     pub batches: u64,
-    pub weights: Weights,
+    #[serde(with = "weights_name")]
+    pub weights: WeightSet,
     /// Wall time of the validation in milliseconds.
     pub eval_ms: f64,
 }
@@ -137,12 +130,13 @@ impl LogRow for ValRow {
     }
 }
 
-/// One row of `eval.csv`: bits/token on a split (DESIGN.md §5, "Evaluation").
+/// One row of `eval.csv`: bits/token on a split (see [`crate::eval`] for the estimator).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalRow {
     #[serde(with = "split_name")]
     pub split: Split,
-    pub weights: Weights,
+    #[serde(with = "weights_name")]
+    pub weights: WeightSet,
     /// KL term (t uniform in 1..T−1, times T − 1) in bits/token, and its standard error.
     pub kl_bits: f64,
     pub kl_se: f64,
@@ -206,6 +200,30 @@ mod split_name {
                     "unknown split `{name}`, expected train, val or test"
                 ))
             })
+    }
+}
+
+/// Weight sets are written `ema` and `raw` (the raw training weights).
+mod weights_name {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    use crate::model::WeightSet;
+
+    pub fn serialize<S: Serializer>(weights: &WeightSet, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(match weights {
+            WeightSet::Ema => "ema",
+            WeightSet::Model => "raw",
+        })
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<WeightSet, D::Error> {
+        match String::deserialize(d)?.as_str() {
+            "ema" => Ok(WeightSet::Ema),
+            "raw" => Ok(WeightSet::Model),
+            other => Err(D::Error::custom(format!(
+                "unknown weights `{other}`, expected ema or raw"
+            ))),
+        }
     }
 }
 
@@ -416,7 +434,7 @@ mod tests {
         assert_eq!(written_header(&ValRow::default()), ValRow::HEADER.join(","));
         let eval = EvalRow {
             split: Split::Test,
-            weights: Weights::Ema,
+            weights: WeightSet::Ema,
             kl_bits: 1.0,
             kl_se: 0.01,
             recon_bits: 0.1,
@@ -454,7 +472,7 @@ mod tests {
         let path = dir.path().join("eval.csv");
         let row = EvalRow {
             split: Split::Val,
-            weights: Weights::Raw,
+            weights: WeightSet::Model,
             kl_bits: 1.25,
             kl_se: 0.5,
             recon_bits: 0.125,

@@ -10,6 +10,7 @@ use plotters::style::RGBColor;
 use super::csv_log::{LogRow, TrainRow, ValRow, read_rows};
 use super::plot::{self, Dash, LineChart, LineStyle, Marker, SecondaryX, Series, YScale};
 use super::stats::rolling_mean;
+use crate::model::WeightSet;
 
 /// Redraws `<dir>/loss.png` and `<dir>/loss.svg` from the run's train.csv and val.csv (either
 /// may be missing or empty). Returns the notes printed under the chart.
@@ -79,8 +80,8 @@ pub fn loss_chart(title: &str, train: &[TrainRow], val: &[ValRow]) -> LineChart 
     }
     if !val_points.is_empty() {
         let weights = val.last().map_or("", |r| match r.weights {
-            super::csv_log::Weights::Ema => ", EMA weights",
-            super::csv_log::Weights::Raw => "",
+            WeightSet::Ema => ", EMA weights",
+            WeightSet::Model => "",
         });
         series.push(Series {
             label: Some(format!("val loss{weights}")),

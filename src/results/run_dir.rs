@@ -1,4 +1,4 @@
-//! A run folder, `results/<experiment name>/<run id>/` (DESIGN.md §4): creating one that no
+//! A run folder, `results/<experiment name>/<run id>/`: creating one that no
 //! other run can share, recording the experiment and status, and preparing it for resume.
 
 use std::fs;
@@ -370,7 +370,7 @@ mod tests {
         // `ddexp eval` of the stopped run's checkpoint at 20.
         let eval_row = |iter| EvalRow {
             split: crate::spec::Split::Val,
-            weights: crate::results::Weights::Ema,
+            weights: crate::model::WeightSet::Ema,
             kl_bits: 1.0,
             kl_se: 0.1,
             recon_bits: 0.5,

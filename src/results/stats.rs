@@ -1,5 +1,15 @@
 //! The few statistics the charts and reports use: means with standard errors over seeds,
-//! centred rolling means and standard deviations of a logged series, and the loss noise.
+//! centred rolling means and standard deviations of a logged series, and the loss noise; and
+//! how an estimate with its standard error is written in logs and terminal tables.
+
+/// `value ± standard error` with four decimals, or `value ± n/a` where there is no standard
+/// error (one batch or one sequence).
+pub fn plus_minus(value: f64, se: f64) -> String {
+    match se.is_finite() {
+        true => format!("{value:.4} ± {se:.4}"),
+        false => format!("{value:.4} ± n/a"),
+    }
+}
 
 /// Mean and standard error of the mean (sample standard deviation / √n). The standard error
 /// needs two values; `None` for an empty slice.

@@ -59,6 +59,22 @@ impl CsvRow for SweepMemberRow {
 }
 
 impl SweepMemberRow {
+    /// The row of a member that has not run yet.
+    pub fn pending(member: &str) -> SweepMemberRow {
+        SweepMemberRow {
+            member: member.to_string(),
+            run_dir: String::new(),
+            status: MemberStatus::Pending,
+            val_bits: None,
+            val_se: None,
+            test_bits: None,
+            test_se: None,
+            wall_s: None,
+            tokens_per_s: None,
+            error: None,
+        }
+    }
+
     /// The run folder, resolved against the sweep folder (`..` removed lexically: the sweep
     /// and results folders are plain folders); `None` while pending.
     pub fn run_path(&self, sweep_dir: &Path) -> Option<PathBuf> {
@@ -104,16 +120,8 @@ mod tests {
                 error: None,
             },
             SweepMemberRow {
-                member: "lds_s1".into(),
-                run_dir: String::new(),
-                status: MemberStatus::Pending,
-                val_bits: None,
-                val_se: None,
-                test_bits: None,
-                test_se: None,
-                wall_s: None,
-                tokens_per_s: None,
                 error: Some("non-finite loss, at iteration 3".into()),
+                ..SweepMemberRow::pending("lds_s1")
             },
         ];
         write_rows(&path, &rows).unwrap();

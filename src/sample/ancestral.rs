@@ -1,16 +1,16 @@
-//! Ancestral sampling of the absorbing process (DESIGN.md §5 "Sampling"): start from all-mask
-//! at s = T and step down a grid of times to 0.
+//! Ancestral sampling of the absorbing process: start from all-mask at s = T and step down a
+//! grid of times to 0, drawing x_{s'} ~ p(x_{s'} | x_s) at each step.
 //!
 //! Three samplers:
-//! - [`Sampler::Exact`] (the default): p(x_0) with the mask column removed, unmasked tokens
+//! - [`AncestralSampler::Exact`] (the default): p(x_0) with the mask column removed, unmasked tokens
 //!   kept. Whether a masked position unmasks in the step s → s' does not depend on the network
 //!   (probability (ᾱ_{s'} − ᾱ_s) / (1 − ᾱ_s)), so the reveal step of every position is drawn
 //!   first, and the network runs only at steps where some position of the batch is revealed,
 //!   at that step's time s; the revealed positions draw their token from p(x_0 | x_s). This
 //!   is the same distribution as stepping through every time, with far fewer network calls.
-//! - [`Sampler::ExactEveryStep`]: the same model, one posterior draw per step with the network
+//! - [`AncestralSampler::ExactEveryStep`]: the same model, one posterior draw per step with the network
 //!   at every step (the baseline the fast sampler is measured against).
-//! - [`Sampler::Reference`]: nanoDD's `sample.py`: p(x_0) is the softmax of the raw output
+//! - [`AncestralSampler::Reference`]: nanoDD's `sample.py`: p(x_0) is the softmax of the raw output
 //!   (mask column included), the network runs at every step, and the last step redraws every
 //!   position from p(x_0).
 
@@ -21,12 +21,12 @@ use burn::tensor::{Bool, Int, Tensor, TensorData};
 use rand::Rng;
 
 use crate::diffusion::{Diffusion, ReverseMode, sample_categorical};
-use crate::model::Dit;
+use crate::model::{Dit, token_ids, token_tensor};
 use crate::rng::{self, Stream};
 
 /// Which reverse process to run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Sampler {
+pub enum AncestralSampler {
     /// The model of the loss, calling the network only at steps where a position unmasks.
     #[default]
     Exact,
@@ -36,12 +36,12 @@ pub enum Sampler {
     Reference,
 }
 
-impl Sampler {
+impl AncestralSampler {
     pub fn name(self) -> &'static str {
         match self {
-            Sampler::Exact => "exact",
-            Sampler::ExactEveryStep => "exact-every-step",
-            Sampler::Reference => "reference",
+            AncestralSampler::Exact => "exact",
+            AncestralSampler::ExactEveryStep => "exact-every-step",
+            AncestralSampler::Reference => "reference",
         }
     }
 }
@@ -54,7 +54,7 @@ pub struct SampleSettings {
     /// Reverse steps: T for exact ancestral sampling, fewer for a coarser grid.
     pub steps: usize,
     pub seed: u64,
-    pub sampler: Sampler,
+    pub sampler: AncestralSampler,
 }
 
 /// The state after one reverse step, for progress displays.
@@ -137,7 +137,7 @@ pub fn sample_with<B: Backend>(
     let mask = process.mask_id() as u32;
     let seed = settings.seed;
     let mut tokens = vec![mask; batch * seq_len];
-    let mut x = to_tensor::<B>(&tokens, batch, seq_len, device);
+    let mut x = token_tensor::<B>(&tokens, batch, seq_len, device);
     let mut revealed = Vec::with_capacity(grid.len() - 1);
     let mut network_calls = 0;
 
@@ -146,7 +146,7 @@ pub fn sample_with<B: Backend>(
     // with ᾱ_{τ_i} ≤ u < ᾱ_{τ_{i+1}}: in each step a still-masked position unmasks with
     // probability (ᾱ_{τ_{i+1}} − ᾱ_{τ_i}) / (1 − ᾱ_{τ_i}), as in the posterior.
     let reveal_step: Vec<usize> = match settings.sampler {
-        Sampler::Exact => {
+        AncestralSampler::Exact => {
             let alpha_bar: Vec<f64> = grid
                 .iter()
                 .map(|&s| process.alpha_bars()[s] as f64)
@@ -164,7 +164,7 @@ pub fn sample_with<B: Backend>(
                 })
                 .collect()
         }
-        Sampler::ExactEveryStep | Sampler::Reference => vec![],
+        AncestralSampler::ExactEveryStep | AncestralSampler::Reference => vec![],
     };
     let mut reveals_per_step = vec![0; grid.len() - 1];
     for &step in &reveal_step {
@@ -174,7 +174,7 @@ pub fn sample_with<B: Backend>(
     for (index, pair) in grid.windows(2).enumerate() {
         let (s, s_prev) = (pair[0], pair[1]);
         let count = match settings.sampler {
-            Sampler::Exact => {
+            AncestralSampler::Exact => {
                 let count = reveals_per_step[index];
                 if count > 0 {
                     let now: Vec<bool> = reveal_step.iter().map(|&step| step == index).collect();
@@ -187,12 +187,12 @@ pub fn sample_with<B: Backend>(
                         device,
                     );
                     x = x.mask_where(now, drawn);
-                    tokens = to_host(x.clone());
+                    tokens = token_ids(x.clone());
                 }
                 count
             }
-            Sampler::ExactEveryStep | Sampler::Reference => {
-                let mode = if settings.sampler == Sampler::Reference {
+            AncestralSampler::ExactEveryStep | AncestralSampler::Reference => {
+                let mode = if settings.sampler == AncestralSampler::Reference {
                     ReverseMode::Reference
                 } else {
                     ReverseMode::Exact
@@ -208,7 +208,7 @@ pub fn sample_with<B: Backend>(
                     mode,
                     &mut draws,
                 );
-                let after = to_host(x.clone());
+                let after = token_ids(x.clone());
                 let count = tokens
                     .iter()
                     .zip(&after)
@@ -234,26 +234,6 @@ pub fn sample_with<B: Backend>(
         revealed,
         network_calls,
     })
-}
-
-fn to_tensor<B: Backend>(
-    tokens: &[u32],
-    batch: usize,
-    seq_len: usize,
-    device: &B::Device,
-) -> Tensor<B, 2, Int> {
-    let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
-    Tensor::from_data(TensorData::new(ids, [batch, seq_len]), device)
-}
-
-fn to_host<B: Backend>(x: Tensor<B, 2, Int>) -> Vec<u32> {
-    x.into_data()
-        .convert::<i64>()
-        .to_vec::<i64>()
-        .expect("token ids")
-        .into_iter()
-        .map(|t| t as u32)
-        .collect()
 }
 
 #[cfg(test)]

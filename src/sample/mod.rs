@@ -16,14 +16,14 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::backend::Backend;
 use indicatif::{ProgressBar, ProgressStyle};
 
-pub use ancestral::{SampleSettings, Sampled, Sampler, Step, grid, sample, sample_with};
+pub use ancestral::{AncestralSampler, SampleSettings, Sampled, Step, grid, sample, sample_with};
 use animation::Animation;
 
-use crate::backend::{self, DeviceChoice, Job};
+use crate::backend::{self, DeviceChoice, Devices, Job};
+use crate::checkpoint::{self, CheckpointChoice, SavedModel};
 use crate::data::{self, Vocab};
 use crate::model::WeightSet;
 use crate::spec::{Dataset, Tokenizer};
-use crate::trained::{self, CheckpointChoice, Opened};
 
 /// Where samples are appended in a run folder or model folder.
 pub const SAMPLES_FILE: &str = "samples.txt";
@@ -37,7 +37,7 @@ pub struct SampleOptions {
     /// Reverse steps (default: T).
     pub steps: Option<usize>,
     pub seed: u64,
-    pub sampler: Sampler,
+    pub sampler: AncestralSampler,
     pub weights: WeightSet,
     /// A run folder's latest or best checkpoint.
     pub checkpoint: CheckpointChoice,
@@ -69,10 +69,13 @@ pub struct SampleReport {
 /// experiment's backend (one device) and appends them, with a header line, to the folder's
 /// samples.txt or to `options.out`.
 pub fn sample_model(model: &Path, options: &SampleOptions) -> Result<SampleReport> {
-    let opened = trained::open(model, options.weights, options.checkpoint)?;
+    let opened = checkpoint::open(model, options.weights, options.checkpoint)?;
     let vocab = decoding_vocab(&opened, options.data.as_deref())?;
     let experiment = &opened.experiment;
-    let topology = options.device.topology(&experiment.topology)?;
+    let topology = &experiment.topology;
+    let (on, device) = options
+        .device
+        .resolve(topology.backend, &topology.devices)?;
     let trained_len = experiment.dataset.seq_len();
     let settings = SampleSettings {
         batch: options.batch,
@@ -115,7 +118,7 @@ pub fn sample_model(model: &Path, options: &SampleOptions) -> Result<SampleRepor
         settings,
         animate: options.animate,
     };
-    let (sampled, elapsed) = backend::run_on_one_device(&topology, job)?;
+    let (sampled, elapsed) = backend::run(on, &[device], job)?;
     let texts: Vec<String> = sampled.tokens.iter().map(|row| vocab.decode(row)).collect();
 
     let header = format!(
@@ -164,7 +167,7 @@ pub fn format_texts(texts: &[String]) -> String {
 /// The vocabulary that decodes the model's tokens. text8 and the synthetic corpus share
 /// text8's alphabet, OpenWebText and GPT-2 corpora use GPT-2 BPE; a character corpus's
 /// alphabet is in its folder. A folder given with `data` is always opened and checked.
-fn decoding_vocab(opened: &Opened, data: Option<&Path>) -> Result<Vocab> {
+fn decoding_vocab(opened: &SavedModel, data: Option<&Path>) -> Result<Vocab> {
     let dataset = opened.dataset(data)?;
     let needs_folder = matches!(
         dataset,
@@ -204,7 +207,7 @@ fn decoding_vocab(opened: &Opened, data: Option<&Path>) -> Result<Vocab> {
 
 /// Sampling on the device the experiment names, with the animation or a progress bar.
 struct SampleJob<'a> {
-    opened: &'a Opened,
+    opened: &'a SavedModel,
     vocab: &'a Vocab,
     settings: SampleSettings,
     animate: bool,
@@ -213,8 +216,8 @@ struct SampleJob<'a> {
 impl Job for SampleJob<'_> {
     type Output = (Sampled, Duration);
 
-    fn run<B: Backend>(self, device: &B::Device) -> Result<(Sampled, Duration)> {
-        let model = self.opened.load::<B>(device)?;
+    fn run<B: Backend>(self, devices: &Devices<B>) -> Result<(Sampled, Duration)> {
+        let model = self.opened.load::<B>(&devices.devices[0])?;
         let settings = &self.settings;
         let started = Instant::now();
         let animation = self

@@ -22,7 +22,6 @@ pub use diagnostics::{Diagnostic, Severity, Sources, SpecError, closest};
 pub use types::*;
 
 use document::Document;
-pub use validate::cuda_missing_message;
 
 /// A valid experiment and any warnings about it.
 #[derive(Debug, Clone)]
@@ -33,10 +32,10 @@ pub struct Loaded {
 }
 
 impl Loaded {
-    /// Errors if this binary cannot run the experiment (e.g. CUDA asked for, not built in).
+    /// Errors if this binary cannot run the experiment (a backend asked for, not built in).
     /// `validate` only warns about this; every command that runs an experiment calls it.
     pub fn require_runnable(&self) -> Result<(), SpecError> {
-        if self.experiment.topology.backend == Backend::Cuda && !crate::backend::CUDA_AVAILABLE {
+        if !self.experiment.topology.backend.is_built() {
             let mut err = self.warnings.clone();
             err.diagnostics = self
                 .warnings

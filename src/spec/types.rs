@@ -1,11 +1,15 @@
 //! The experiment file as Rust types. These types are the contract: the JSON Schema in
 //! `schemas/` is generated from them, and every default here follows the reference recipe
-//! (nanoDD's text8 D3PM, DESIGN.md §5), so a minimal experiment file is short.
+//! (nanoDD's Absorbing D3PM on text8: 12 blocks × 768, T = 1000, λ = 0.05, AdamW with
+//! betas (0.9, 0.98), weight decay 0.1, lr 1e-3 → 1e-5, clipping at 0.1, EMA 0.9999), so a
+//! minimal experiment file is short.
 
 use std::path::PathBuf;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+pub use crate::backend::Backend;
 
 /// One experiment: what to train, on what data, how, and where.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -381,16 +385,6 @@ impl Default for Eval {
     }
 }
 
-/// Which backend runs the experiment.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub enum Backend {
-    /// The flex backend: pure Rust on the CPU, always available.
-    #[default]
-    Cpu,
-    /// burn-cuda on NVIDIA GPUs; needs a binary built with `--features cuda`.
-    Cuda,
-}
-
 /// Devices and nodes. Global batch = batch_size × grad_accum × devices × nodes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -460,7 +454,7 @@ impl Experiment {
     }
 }
 
-/// Default values: the reference recipe (DESIGN.md §5).
+/// Default values: the reference recipe.
 mod defaults {
     use super::Split;
     use std::path::PathBuf;

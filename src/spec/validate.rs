@@ -5,9 +5,9 @@ use jsonschema::error::TypeKind;
 use jsonschema::error::ValidationErrorKind;
 use serde_json::Value as Json;
 
+use super::Experiment;
 use super::diagnostics::Diagnostic;
 use super::document::Document;
-use super::{Backend, Experiment};
 
 /// Validates the document against the schema; one diagnostic per violation, located.
 pub fn against_schema(doc: &Document, validator: &jsonschema::Validator) -> Vec<Diagnostic> {
@@ -255,18 +255,13 @@ pub fn semantic(e: &Experiment) -> Vec<Problem> {
             }
         }
     }
-    if e.topology.backend == Backend::Cuda && !crate::backend::CUDA_AVAILABLE {
+    if !e.topology.backend.is_built() {
         problems.push(Problem {
             warning: true,
-            ..problem("topology.backend", cuda_missing_message())
+            ..problem("topology.backend", e.topology.backend.missing_message())
         });
     }
     problems
-}
-
-/// What to tell a user who asks for CUDA from a binary built without it.
-pub fn cuda_missing_message() -> String {
-    "this ddexp was built without CUDA; rebuild with `cargo build --release --features cuda` to run it on a GPU (or set topology.backend to Cpu)".into()
 }
 
 /// How to write text in RON, on a command line too (shells eat unprotected double quotes).

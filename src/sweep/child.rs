@@ -16,8 +16,9 @@ use std::sync::mpsc::Sender;
 
 use anyhow::{Context, Result, bail};
 
+use crate::backend::Hardware;
 use crate::results::{RUN_INFO_FILE, RunInfo};
-use crate::spec::{Backend, Experiment};
+use crate::spec::Experiment;
 
 /// What a child runs.
 pub enum Job<'a> {
@@ -173,7 +174,7 @@ impl Devices {
     ) -> Result<Devices> {
         let gpus_per_slot = experiments
             .into_iter()
-            .filter(|e| e.topology.backend == Backend::Cuda)
+            .filter(|e| e.topology.backend.hardware() == Hardware::CudaGpus)
             .filter_map(|e| e.topology.devices.iter().max())
             .map(|&d| d + 1)
             .max()
@@ -209,12 +210,12 @@ impl Devices {
         if self.parallel <= 1 {
             return vec![];
         }
-        match experiment.topology.backend {
-            Backend::Cpu => self
+        match experiment.topology.backend.hardware() {
+            Hardware::Cpu => self
                 .cpu_threads
                 .map(|n| vec![("RAYON_NUM_THREADS".to_string(), n.to_string())])
                 .unwrap_or_default(),
-            Backend::Cuda => {
+            Hardware::CudaGpus => {
                 let owned: Vec<String> = (slot * self.gpus_per_slot
                     ..(slot + 1) * self.gpus_per_slot)
                     .map(|i| match &self.visible {
@@ -231,6 +232,7 @@ impl Devices {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::Backend;
 
     fn experiment(backend: Backend, devices: Vec<usize>) -> Experiment {
         let text = format!(

@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::results::stats::plus_minus;
 use crate::results::{MemberStatus, SweepMemberRow, write_atomic, write_rows};
 use crate::spec::{self, SpecError};
 pub use child::Devices;
@@ -346,18 +347,7 @@ pub fn run(opts: &SweepOptions, plan: &Plan) -> Result<Outcome> {
 
 /// A member's row before this invocation runs anything.
 fn first_row(p: &Planned) -> SweepMemberRow {
-    let pending = SweepMemberRow {
-        member: p.member.name.clone(),
-        run_dir: String::new(),
-        status: MemberStatus::Pending,
-        val_bits: None,
-        val_se: None,
-        test_bits: None,
-        test_se: None,
-        wall_s: None,
-        tokens_per_s: None,
-        error: None,
-    };
+    let pending = SweepMemberRow::pending(&p.member.name);
     let previous = p.previous.clone().map(|mut row| {
         row.member = p.member.name.clone();
         row
@@ -408,8 +398,8 @@ fn status_word(status: MemberStatus) -> &'static str {
 pub fn describe(row: &SweepMemberRow) -> String {
     let mut s = row.member.clone();
     let bits = |b: Option<f64>, se: Option<f64>| match (b, se) {
-        (Some(b), Some(se)) if se.is_finite() => format!("{b:.4} ± {se:.4}"),
-        (Some(b), _) => format!("{b:.4}"),
+        (Some(b), Some(se)) => plus_minus(b, se),
+        (Some(b), None) => format!("{b:.4}"),
         _ => "–".into(),
     };
     if row.val_bits.is_some() || row.test_bits.is_some() {

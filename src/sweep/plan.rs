@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 use super::SweepOptions;
+use crate::checkpoint;
 use crate::results::{CsvRow, RunDir, RunStatus, SweepMemberRow, read_rows};
 use crate::spec::{self, sweep::Member};
-use crate::train::checkpoint;
 
 /// Where a sweep keeps its files: `<results>/sweeps/<sweep name>/`.
 pub fn results_dir(results_root: &Path, name: impl AsRef<Path>) -> PathBuf {

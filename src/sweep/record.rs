@@ -8,9 +8,10 @@ use std::process::ExitStatus;
 
 use anyhow::{Context, Result, bail};
 
+use crate::model::WeightSet;
 use crate::results::{
     Attempt, CsvRow, EvalRow, FolderLock, MemberStatus, RunInfo, RunStatus, SweepMemberRow,
-    TrainRow, Weights, read_rows,
+    TrainRow, read_rows,
 };
 use crate::spec::Split;
 
@@ -93,7 +94,7 @@ pub fn fill_numbers(row: &mut SweepMemberRow, run_dir: &Path) {
     let last = |split: Split| {
         let of_split = || evals.iter().filter(move |r| r.split == split);
         of_split()
-            .rfind(|r| r.weights == Weights::Ema)
+            .rfind(|r| r.weights == WeightSet::Ema)
             .or_else(|| of_split().next_back())
             .map(|r| (r.bits_per_token, r.se))
     };

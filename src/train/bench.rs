@@ -11,11 +11,12 @@ use std::time::Instant;
 
 use anyhow::{Result, bail};
 use burn::backend::Autodiff;
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use rand::Rng;
 
 use super::collective::Peer;
 use super::trainer::{State, step};
+use crate::backend::{self, Devices, Memory};
 use crate::data::{self, GPT2_VOCAB_SIZE, TEXT8_ALPHABET};
 use crate::diffusion::Diffusion;
 use crate::model::DitConfig;
@@ -32,8 +33,8 @@ pub struct BenchReport {
     pub warmup: u64,
     /// Wall time of each timed step, in milliseconds.
     pub step_ms: Vec<f64>,
-    /// Peak memory: resident set of the process on CPU, reserved device memory on CUDA.
-    pub peak_memory: Option<(u64, &'static str)>,
+    /// Peak memory: resident set of the process on CPU, reserved device memory on GPUs.
+    pub peak_memory: Option<Memory>,
 }
 
 impl BenchReport {
@@ -49,7 +50,7 @@ impl BenchReport {
         let min = self.step_ms.iter().copied().fold(f64::INFINITY, f64::min);
         let max = self.step_ms.iter().copied().fold(0.0, f64::max);
         let memory = match self.peak_memory {
-            Some((bytes, what)) => {
+            Some(Memory { bytes, what }) => {
                 format!("{:.1} MiB ({what})", bytes as f64 / (1u64 << 20) as f64)
             }
             None => "not measured on this platform".into(),
@@ -77,52 +78,37 @@ pub fn bench(loaded: &spec::Loaded, steps: u64, warmup: u64) -> Result<BenchRepo
         bail!("--steps must be at least 1");
     }
     let experiment = &loaded.experiment;
-    match experiment.topology.backend {
-        spec::Backend::Cpu => {
-            let device = burn::backend::flex::FlexDevice;
-            run::<Autodiff<burn::backend::Flex>>(
-                experiment,
-                steps,
-                warmup,
-                &device,
-                "cpu (flex)".into(),
-                rss_peak,
-            )
-        }
-        spec::Backend::Cuda => cuda(experiment, steps, warmup),
-    }
-}
-
-#[cfg(feature = "cuda")]
-fn cuda(experiment: &Experiment, steps: u64, warmup: u64) -> Result<BenchReport> {
-    let index = experiment.topology.devices[0];
-    let device = crate::backend::cuda_device(index)?;
-    let peak = move || {
-        crate::backend::cuda_reserved_bytes(index).map(|b| (b, "reserved by the CUDA allocator"))
-    };
-    run::<Autodiff<crate::backend::Cuda>>(
+    let first_device = &experiment.topology.devices[..1];
+    let job = BenchJob {
         experiment,
         steps,
         warmup,
-        &device,
-        format!("cuda:{index}"),
-        peak,
-    )
+    };
+    backend::run(experiment.topology.backend, first_device, job)
 }
 
-#[cfg(not(feature = "cuda"))]
-fn cuda(_: &Experiment, _: u64, _: u64) -> Result<BenchReport> {
-    bail!(spec::cuda_missing_message())
+/// The timed steps as a [`backend::Job`] on one device.
+struct BenchJob<'a> {
+    experiment: &'a Experiment,
+    steps: u64,
+    warmup: u64,
 }
 
-fn run<B: AutodiffBackend>(
+impl backend::Job for BenchJob<'_> {
+    type Output = BenchReport;
+
+    fn run<B: Backend>(self, devices: &Devices<B>) -> Result<BenchReport> {
+        time_steps::<Autodiff<B>>(self.experiment, self.steps, self.warmup, devices)
+    }
+}
+
+fn time_steps<B: AutodiffBackend>(
     experiment: &Experiment,
     steps: u64,
     warmup: u64,
-    device: &B::Device,
-    backend: String,
-    memory: impl Fn() -> Option<(u64, &'static str)>,
+    devices: &Devices<B::InnerBackend>,
 ) -> Result<BenchReport> {
+    let device = &devices.devices[0];
     let seq_len = experiment.dataset.seq_len();
     let batch = experiment.train.batch_size;
     let (vocab, data, corpus) = match data::open(&experiment.dataset) {
@@ -150,7 +136,7 @@ fn run<B: AutodiffBackend>(
         }
     };
     let mut step_ms = vec![];
-    let mut peak = None::<(u64, &'static str)>;
+    let mut peak = None::<Memory>;
     for i in 0..warmup + steps {
         let started = Instant::now();
         step(
@@ -166,12 +152,15 @@ fn run<B: AutodiffBackend>(
         if i >= warmup {
             step_ms.push(started.elapsed().as_secs_f64() * 1e3);
         }
-        if let Some((bytes, what)) = memory() {
-            peak = Some((peak.map_or(bytes, |(p, _)| p.max(bytes)), what));
+        if let Some(now) = devices.memory() {
+            peak = Some(match peak {
+                Some(p) if p.bytes >= now.bytes => p,
+                _ => now,
+            });
         }
     }
     Ok(BenchReport {
-        backend,
+        backend: devices.label(),
         data,
         parameters: config.param_count(),
         tokens_per_step: experiment.train.grad_accum * batch * seq_len,
@@ -185,12 +174,4 @@ fn random_note(e: &anyhow::Error) -> String {
     let first = format!("{e:#}");
     let first = first.lines().next().unwrap_or_default().to_string();
     format!("random token ids (the dataset is not prepared: {first})")
-}
-
-/// Peak resident set size of this process (Linux: VmHWM in /proc/self/status).
-fn rss_peak() -> Option<(u64, &'static str)> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some((kib * 1024, "peak resident set of the process"))
 }

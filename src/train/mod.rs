@@ -11,7 +11,6 @@
 //! only it writes the run folder. The other nodes [`join`] the run.
 
 pub mod bench;
-pub mod checkpoint;
 pub mod collective;
 pub mod ema;
 mod interrupt;
@@ -19,24 +18,27 @@ pub mod launch;
 pub mod optimizer;
 mod replicas;
 mod trainer;
+pub mod validation;
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use burn::backend::Autodiff;
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 
 use collective::{Group, Peer};
 use launch::{Launch, Placement};
 
+use crate::backend::{self, Devices, panic_message};
+use crate::checkpoint::{self, Checkpoint};
 use crate::data::{self, Corpus};
 use crate::diffusion::Diffusion;
 use crate::eval::{self, Estimate, EvalSettings};
-use crate::results::{EvalRow, RunDir, RunStatus, Weights};
+use crate::model::WeightSet;
+use crate::results::{EvalRow, RunDir, RunStatus};
 use crate::spec::{self, Experiment};
-use checkpoint::Checkpoint;
 pub use trainer::Ending;
-use trainer::{Start, Trained};
+use trainer::{Outcome, Start};
 
 /// How a `ddexp run` ended.
 #[derive(Debug)]
@@ -191,14 +193,7 @@ fn guarded<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
     })
 }
 
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "unknown panic".into())
-}
-
+/// Trains (and, on node 0, evaluates) on the experiment's backend.
 fn on_backend(
     experiment: &Experiment,
     corpus: &Corpus,
@@ -206,45 +201,38 @@ fn on_backend(
     start: Start,
     placement: &Placement,
 ) -> Result<(Ending, Vec<Estimate>)> {
-    match experiment.topology.backend {
-        spec::Backend::Cpu => {
-            // CPU peers all compute on the one flex device: a testbed for the parallel path.
-            let devices = vec![burn::backend::flex::FlexDevice; placement.devices.len()];
-            train_and_evaluate::<Autodiff<burn::backend::Flex>>(
-                experiment, corpus, run, start, &devices, placement,
-            )
-        }
-        spec::Backend::Cuda => cuda(experiment, corpus, run, start, placement),
-    }
+    let job = TrainJob {
+        experiment,
+        corpus,
+        run,
+        start,
+        placement,
+    };
+    backend::run(experiment.topology.backend, &placement.devices, job)
 }
 
-#[cfg(feature = "cuda")]
-fn cuda(
-    experiment: &Experiment,
-    corpus: &Corpus,
-    run: Option<&mut RunDir>,
+/// Training as a [`backend::Job`]: the backend's devices get an autodiff wrapper.
+struct TrainJob<'a> {
+    experiment: &'a Experiment,
+    corpus: &'a Corpus,
+    run: Option<&'a mut RunDir>,
     start: Start,
-    placement: &Placement,
-) -> Result<(Ending, Vec<Estimate>)> {
-    let devices = placement
-        .devices
-        .iter()
-        .map(|&i| crate::backend::cuda_device(i))
-        .collect::<Result<Vec<_>>>()?;
-    train_and_evaluate::<Autodiff<crate::backend::Cuda>>(
-        experiment, corpus, run, start, &devices, placement,
-    )
+    placement: &'a Placement,
 }
 
-#[cfg(not(feature = "cuda"))]
-fn cuda(
-    _: &Experiment,
-    _: &Corpus,
-    _: Option<&mut RunDir>,
-    _: Start,
-    _: &Placement,
-) -> Result<(Ending, Vec<Estimate>)> {
-    bail!(spec::cuda_missing_message())
+impl backend::Job for TrainJob<'_> {
+    type Output = (Ending, Vec<Estimate>);
+
+    fn run<B: Backend>(self, devices: &Devices<B>) -> Result<Self::Output> {
+        train_and_evaluate::<Autodiff<B>>(
+            self.experiment,
+            self.corpus,
+            self.run,
+            self.start,
+            &devices.devices,
+            self.placement,
+        )
+    }
 }
 
 /// Trains on this node's devices; the main replica then evaluates the EMA weights.
@@ -292,21 +280,12 @@ fn train_and_evaluate<B: AutodiffBackend>(
             let iteration = trained.iteration;
             return Ok((Ending::Interrupted { iteration }, vec![]));
         };
-        log.append(&EvalRow {
-            split,
-            weights: Weights::Ema,
-            kl_bits: estimate.kl.bits,
-            kl_se: estimate.kl.std_error,
-            recon_bits: estimate.recon.bits,
-            recon_se: estimate.recon.std_error,
-            bits_per_token: estimate.bits_per_token(),
-            se: estimate.std_error(),
-            kl_batches: settings.kl_batches,
-            recon_batches: settings.recon_batches,
-            batch_size: settings.batch_size as u64,
-            iter: trained.iteration,
-            timestamp: chrono::Local::now().to_rfc3339(),
-        })?;
+        log.append(&eval::eval_row(
+            &estimate,
+            &settings,
+            WeightSet::Ema,
+            trained.iteration,
+        ))?;
         estimates.push(estimate);
     }
     log.sync()?;
@@ -325,7 +304,7 @@ fn train_replicas<B: AutodiffBackend>(
     start: Start,
     devices: &[B::Device],
     placement: &Placement,
-) -> Result<Trained<B>> {
+) -> Result<Outcome<B>> {
     if placement.world == 1 {
         let mut peer = Peer::solo();
         return trainer::train::<B>(experiment, ron, corpus, run, start, &devices[0], &mut peer);
@@ -345,7 +324,7 @@ fn train_replicas<B: AutodiffBackend>(
     )?;
     let mut run = run;
     let mut start = Some(start);
-    let results: Vec<Result<Trained<B>>> = std::thread::scope(|scope| {
+    let results: Vec<Result<Outcome<B>>> = std::thread::scope(|scope| {
         let handles: Vec<_> = group
             .peers()
             .into_iter()

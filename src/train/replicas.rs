@@ -23,9 +23,9 @@ use sha2::{Digest, Sha256};
 
 use super::collective::Peer;
 use super::trainer::State;
+use super::validation::{summarise_validation, validation_batches, validation_loss};
 use crate::data::Corpus;
 use crate::diffusion::{Diffusion, LossStats};
-use crate::eval::{summarise_validation, validation_batches, validation_loss};
 use crate::model::Dit;
 use crate::spec::{self, Experiment};
 

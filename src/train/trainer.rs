@@ -15,20 +15,20 @@ use anyhow::{Context, Result, bail};
 use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+use burn::tensor::{ElementConversion, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::checkpoint::{self, Checkpoint};
 use super::collective::Peer;
 use super::ema::Ema;
 use super::interrupt;
 use super::optimizer::{AdamW, clip_grad_norm, learning_rate};
 use super::replicas;
+use crate::checkpoint::{self, Checkpoint, NET_PREFIX, model_state_dict};
 use crate::data::Corpus;
 use crate::diffusion::{Diffusion, LossStats, local_times, sample_times};
-use crate::eval::plus_minus;
-use crate::model::{Dit, DitConfig, StateDict, model_state_dict, seed_dropout};
-use crate::results::{CsvLog, RunDir, TrainRow, ValRow, Weights};
+use crate::model::{Dit, DitConfig, StateDict, WeightSet, seed_dropout, token_tensor};
+use crate::results::stats::plus_minus;
+use crate::results::{CsvLog, RunDir, TrainRow, ValRow};
 use crate::rng::{self, Stream};
 use crate::spec::Experiment;
 
@@ -48,7 +48,7 @@ pub enum Start {
 }
 
 /// What the loop hands back for the final evaluation.
-pub struct Trained<B: AutodiffBackend> {
+pub struct Outcome<B: AutodiffBackend> {
     pub ending: Ending,
     pub ema: Dit<B::InnerBackend>,
     pub iteration: u64,
@@ -86,7 +86,7 @@ impl<B: AutodiffBackend> State<B> {
         device: &B::Device,
     ) -> Result<Self> {
         let net = |weights: &StateDict, which: &str| {
-            let net_weights = weights.strip_prefix(crate::model::NET_PREFIX);
+            let net_weights = weights.strip_prefix(NET_PREFIX);
             Dit::<B>::from_state_dict(config, &net_weights, device).with_context(|| {
                 format!("the checkpoint's {which} weights do not fit the experiment")
             })
@@ -144,7 +144,7 @@ pub fn step<B: AutodiffBackend>(
     let mut stats = LossStats::default();
     for micro in 0..t.grad_accum {
         let local = local_times(&times, micro, rank, world, t.batch_size);
-        let x0 = ids_tensor::<B>(&batch(it, micro as u64), t.batch_size, seq_len, device);
+        let x0 = token_tensor::<B>(&batch(it, micro as u64), t.batch_size, seq_len, device);
         let first_row = (rank * t.batch_size) as u64;
         let rows = first_row..first_row + t.batch_size as u64;
         let mut noise = rng::rows(experiment.seed, Stream::Noise, &[it, micro as u64], rows);
@@ -220,7 +220,7 @@ pub fn train<B: AutodiffBackend>(
     start: Start,
     device: &B::Device,
     peer: &mut Peer<B::InnerBackend>,
-) -> Result<Trained<B>> {
+) -> Result<Outcome<B>> {
     let vocab = corpus.vocab().size();
     let config = DitConfig::from_spec(&experiment.network, vocab)?;
     let diffusion = Diffusion::new(&experiment.model, vocab);
@@ -353,7 +353,7 @@ pub fn train<B: AutodiffBackend>(
                     bits_per_token: val.bits_per_token(),
                     bits_se,
                     batches: t.eval_iters,
-                    weights: Weights::Ema,
+                    weights: WeightSet::Ema,
                     eval_ms: started.elapsed().as_secs_f64() * 1e3,
                 };
                 m.logs.val.append(&row)?;
@@ -385,7 +385,7 @@ pub fn train<B: AutodiffBackend>(
             if let Some(m) = &main {
                 m.bar.abandon();
             }
-            return Ok(Trained {
+            return Ok(Outcome {
                 ending: Ending::Interrupted { iteration: it },
                 ema: state.ema.weights,
                 iteration: it,
@@ -395,7 +395,7 @@ pub fn train<B: AutodiffBackend>(
     if let Some(m) = &main {
         m.bar.finish_and_clear();
     }
-    Ok(Trained {
+    Ok(Outcome {
         ending: Ending::Completed,
         ema: state.ema.weights,
         iteration: state.iteration,
@@ -476,16 +476,6 @@ fn all_finite<B: Backend, M: Module<B>>(module: &M) -> bool {
         let v: f64 = t.into_scalar().elem();
         v.is_finite()
     })
-}
-
-fn ids_tensor<B: Backend>(
-    ids: &[u32],
-    batch: usize,
-    seq_len: usize,
-    device: &B::Device,
-) -> Tensor<B, 2, Int> {
-    let ids: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
-    Tensor::from_data(TensorData::new(ids, [batch, seq_len]), device)
 }
 
 /// A bar on a terminal; hidden (and replaced by log lines) when stderr is not one.

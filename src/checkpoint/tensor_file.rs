@@ -1,4 +1,5 @@
-//! Safetensors files to and from [`StateDict`]s.
+//! Safetensors files to and from [`StateDict`]s: the container of every weights file ddexp
+//! writes (checkpoints and model folders).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -8,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::{DType, TensorData};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
-use super::weights::StateDict;
+use crate::model::StateDict;
 
 /// Reads every tensor of a safetensors file (floats and integers).
 pub fn read(path: &Path) -> Result<StateDict> {
@@ -97,4 +98,38 @@ pub fn write(path: &Path, tensors: &StateDict, metadata: BTreeMap<String, String
         .map_err(std::io::Error::other)
         .and_then(|()| fs::File::open(&tmp)?.sync_all());
     crate::results::finish_atomic(&tmp, path, written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::DitConfig;
+
+    #[test]
+    fn safetensors_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.safetensors");
+        let config = DitConfig {
+            num_classes: 7,
+            n_embed: 16,
+            n_heads: 2,
+            n_blocks: 1,
+            n_cond: 8,
+            dropout: 0.0,
+        };
+        let mut weights = config.init_state_dict(2);
+        weights.insert("steps", TensorData::new(vec![3i64, 4], [2]));
+        let metadata = [("k".to_string(), "v".to_string())].into();
+        write(&path, &weights, metadata).unwrap();
+        let (read_back, metadata) = read_with_metadata(&path).unwrap();
+        assert_eq!(read_back, weights);
+        assert_eq!(metadata["k"], "v");
+        // Only the final file is left behind.
+        let files: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(files.len(), 1);
+
+        fs::write(&path, b"not safetensors").unwrap();
+        let err = read(&path).unwrap_err().to_string();
+        assert!(err.contains("is not a valid safetensors file"), "{err}");
+    }
 }

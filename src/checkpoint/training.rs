@@ -1,5 +1,5 @@
 //! Training checkpoints: one safetensors file holding everything a run needs to continue
-//! exactly where it stopped.
+//! exactly where it stopped; evaluation and sampling read one of its weight sets.
 //!
 //! ```text
 //! model.<name>      the raw weights, named as nanoDD's D3PMAbsorbing state dict (net.*, betas, ...)
@@ -20,6 +20,7 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use burn::tensor::TensorData;
 
+use super::tensor_file;
 use crate::model::{StateDict, WeightSet};
 
 const FORMAT: &str = "ddexp-checkpoint";
@@ -65,13 +66,12 @@ impl Checkpoint {
             meta.insert("best_val_l_t".into(), best.to_string());
         }
         meta.insert("experiment".into(), self.experiment.clone());
-        tensors
-            .write_safetensors(path, meta)
+        tensor_file::write(path, &tensors, meta)
             .with_context(|| format!("writing checkpoint {}", path.display()))
     }
 
     pub fn load(path: &Path) -> Result<Checkpoint> {
-        let (tensors, meta) = StateDict::read_safetensors_with_metadata(path)?;
+        let (tensors, meta) = tensor_file::read_with_metadata(path)?;
         let meta = Metadata::checked(path, meta)?;
         let field = |key: &str| meta.field(key);
         let number = |key: &str| meta.number(key);
@@ -127,8 +127,7 @@ impl CheckpointWeights {
     /// other weights and the optimiser moments on disk.
     pub fn load(path: &Path, which: WeightSet) -> Result<CheckpointWeights> {
         let prefix = format!("{}.", which.name());
-        let (tensors, meta) =
-            StateDict::read_safetensors_selected(path, |name| name.starts_with(&prefix))?;
+        let (tensors, meta) = tensor_file::read_selected(path, |name| name.starts_with(&prefix))?;
         let meta = Metadata::checked(path, meta)?;
         let weights = tensors.strip_prefix(&prefix);
         if weights.is_empty() {

@@ -1,10 +1,15 @@
 //! `ddexp report` on hand-made run folders whose expected numbers are computed by hand here.
 
+use std::fs;
+use std::path::Path;
+
 use super::*;
-use crate::results::run_dir::RunDir;
-use crate::results::sweep_summary::MemberStatus;
+use crate::model::WeightSet;
 use crate::results::test_support::{assert_png, assert_svg, synthetic_experiment};
-use crate::spec::TimeSampler;
+use crate::results::{
+    EvalRow, MemberStatus, RUN_INFO_FILE, RunDir, SweepMemberRow, TrainRow, ValRow, read_rows,
+};
+use crate::spec::{Split, TimeSampler};
 
 const CHARTS: [(&str, &str); 5] = [
     ("train_loss", "Train loss (smoothed), mean over seeds"),
@@ -63,7 +68,7 @@ fn fake_run(
     write_rows(&run.csv_path::<ValRow>(), &vals).unwrap();
     let eval = |split, bits, se| EvalRow {
         split,
-        weights: Weights::Ema,
+        weights: WeightSet::Ema,
         kl_bits: bits,
         kl_se: se,
         recon_bits: 0.0,
@@ -133,18 +138,7 @@ fn sweep_fixture() -> (tempfile::TempDir, PathBuf) {
             });
         }
     }
-    rows.push(SweepMemberRow {
-        member: "late".into(),
-        run_dir: String::new(),
-        status: MemberStatus::Pending,
-        val_bits: None,
-        val_se: None,
-        test_bits: None,
-        test_se: None,
-        wall_s: None,
-        tokens_per_s: None,
-        error: None,
-    });
+    rows.push(SweepMemberRow::pending("late"));
     write_rows(&sweep.join(SweepMemberRow::FILE), &rows).unwrap();
     (tmp, root)
 }

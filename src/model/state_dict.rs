@@ -23,7 +23,6 @@ use rand::Rng;
 
 use super::config::DitConfig;
 use super::dit::{Dit, DitBlock, LayerNorm, TIME_FREQ_DIM, TimestepEmbedder, rotary_inv_freq};
-use super::tensor_file;
 use crate::rng::{self, Stream};
 
 /// Name of the rotary embedding's inverse frequencies, a buffer in nanoDD's state dict.
@@ -75,36 +74,6 @@ impl StateDict {
                 .filter_map(|(k, v)| Some((k.strip_prefix(prefix)?.to_string(), v.clone())))
                 .collect(),
         )
-    }
-
-    /// Reads a safetensors file.
-    pub fn read_safetensors(path: &std::path::Path) -> Result<StateDict> {
-        tensor_file::read(path)
-    }
-
-    /// Reads a safetensors file and its string metadata.
-    pub fn read_safetensors_with_metadata(
-        path: &std::path::Path,
-    ) -> Result<(StateDict, BTreeMap<String, String>)> {
-        tensor_file::read_with_metadata(path)
-    }
-
-    /// Reads the tensors of a safetensors file whose name `keep` accepts, and its metadata;
-    /// the others are never loaded.
-    pub fn read_safetensors_selected(
-        path: &std::path::Path,
-        keep: impl Fn(&str) -> bool,
-    ) -> Result<(StateDict, BTreeMap<String, String>)> {
-        tensor_file::read_selected(path, keep)
-    }
-
-    /// Writes a safetensors file atomically (temporary name in the same folder, then rename).
-    pub fn write_safetensors(
-        &self,
-        path: &std::path::Path,
-        metadata: BTreeMap<String, String>,
-    ) -> Result<()> {
-        tensor_file::write(path, self, metadata)
     }
 }
 
@@ -622,25 +591,6 @@ mod tests {
         let mut ints = c.init_state_dict(1);
         ints.insert("norm_final.weight", TensorData::new(vec![1i64; 16], [16]));
         assert!(load(&ints).contains("expected a float tensor"));
-    }
-
-    #[test]
-    fn safetensors_round_trip() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("w.safetensors");
-        let mut weights = config().init_state_dict(2);
-        weights.insert("steps", TensorData::new(vec![3i64, 4], [2]));
-        weights
-            .write_safetensors(&path, [("k".to_string(), "v".to_string())].into())
-            .unwrap();
-        assert_eq!(StateDict::read_safetensors(&path).unwrap(), weights);
-        // Only the final file is left behind.
-        let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
-        assert_eq!(files.len(), 1);
-
-        std::fs::write(&path, b"not safetensors").unwrap();
-        let err = StateDict::read_safetensors(&path).unwrap_err().to_string();
-        assert!(err.contains("is not a valid safetensors file"), "{err}");
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Reading nanoDD training checkpoints (`torch.save` zip/pickle `.pt` files).
+//! nanoDD training checkpoints (`torch.save` zip/pickle `.pt` files): reading them, and
+//! `ddexp import nanodd`, which turns one into a model folder.
 //!
 //! A checkpoint written by nanoDD's `train.py` is a dict with `model` (the state dict of
 //! `D3PMAbsorbing`: `betas`, `alpha_bars`, `net.*`), `ema` (an `ema_pytorch.EMA` state dict:
@@ -11,40 +12,17 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
+use burn::backend::Flex;
 use burn_store::pytorch::PytorchReader;
 use burn_store::pytorch::reader::PickleValue;
 
-use super::weights::{StateDict, as_f32};
-
-/// Which weights of a checkpoint to use.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Default,
-    clap::ValueEnum,
-    serde::Serialize,
-    serde::Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum WeightSet {
-    /// The exponential moving average (what nanoDD samples and evaluates with).
-    #[default]
-    Ema,
-    /// The raw training weights.
-    Model,
-}
-
-impl WeightSet {
-    pub fn name(self) -> &'static str {
-        match self {
-            WeightSet::Ema => "ema",
-            WeightSet::Model => "model",
-        }
-    }
-}
+use super::model_folder::{
+    FORMAT, FORMAT_VERSION, ImportSummary, ModelInfo, ensure_free, model_state_dict, split_checked,
+    write_model_folder,
+};
+use crate::diffusion::Diffusion;
+use crate::model::{Dit, DitConfig, StateDict, WeightSet, as_f32};
+use crate::spec;
 
 /// `model_args` of a nanoDD checkpoint: the arguments of `D3PMAbsorbing(...)`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -226,5 +204,178 @@ fn kind(value: &PickleValue) -> String {
         PickleValue::List(_) => "list".into(),
         PickleValue::Dict(_) => "dict".into(),
         PickleValue::Bytes(_) => "bytes".into(),
+    }
+}
+
+/// `ddexp import nanodd CKPT --out DIR --weights ema|model`.
+pub fn import_nanodd(ckpt: &Path, out: &Path, which: WeightSet) -> Result<ImportSummary> {
+    ensure_free(out)?;
+    let checkpoint = read_checkpoint(ckpt, which)?;
+    let NanoddCheckpoint {
+        model_args: args,
+        training_args,
+        iter_num,
+        weights,
+    } = checkpoint;
+    let (experiment, notes) = experiment_from_args(out, &args, &training_args);
+    let config = DitConfig::from_spec(&experiment.network, args.vocab_size).with_context(|| {
+        format!(
+            "{}: model_args describe an impossible network",
+            ckpt.display()
+        )
+    })?;
+    let diffusion = Diffusion::new(&experiment.model, args.vocab_size);
+    // Load once to check every name and shape against model_args before writing anything.
+    let net = split_checked(&weights, &diffusion)
+        .and_then(|net_weights| {
+            Dit::<Flex>::from_state_dict(&config, &net_weights, &Default::default())
+        })
+        .with_context(|| {
+            format!(
+                "{}: the `{}` weights do not match the checkpoint's model_args {args:?}",
+                ckpt.display(),
+                which.name()
+            )
+        })?;
+    let info = ModelInfo {
+        format: FORMAT.into(),
+        version: FORMAT_VERSION,
+        source: ckpt.display().to_string(),
+        weights: which,
+        num_classes: config.num_classes,
+        iter_num,
+        model_args: Some(serde_json::to_value(&args)?),
+        notes,
+    };
+    write_model_folder(out, &experiment, &info, &model_state_dict(&net, &diffusion))?;
+    Ok(ImportSummary {
+        out: out.to_path_buf(),
+        experiment,
+        info,
+    })
+}
+
+/// The experiment a nanoDD checkpoint was trained with, as far as it records it. nanoDD
+/// does not record the dataset: the vocabulary decides (27 → text8, 50257 → OpenWebText, as
+/// in nanoDD's `sample.py`, with its sequence lengths); other vocabularies get a custom
+/// character corpus and a note.
+fn experiment_from_args(
+    out: &Path,
+    args: &ModelArgs,
+    training_args: &std::collections::HashMap<String, f64>,
+) -> (spec::Experiment, Vec<String>) {
+    let name = experiment_name(out);
+    let mut notes = Vec::new();
+    let dataset = match args.vocab_size {
+        27 => spec::Dataset::Text8 {
+            root: "data/text8".into(),
+            seq_len: 256,
+        },
+        50257 => spec::Dataset::OpenWebText {
+            root: "data/openwebtext".into(),
+            seq_len: 1024,
+        },
+        other => {
+            notes.push(format!(
+                "nanoDD checkpoints do not record their dataset, and a vocabulary of {other} is \
+                 neither text8 (27) nor GPT-2 (50257): the experiment names a character corpus \
+                 at data/{name} with seq_len 256; edit experiment.ron to point at the real data"
+            ));
+            spec::Dataset::Text {
+                root: format!("data/{name}").into(),
+                seq_len: 256,
+                tokenizer: spec::Tokenizer::Char,
+            }
+        }
+    };
+    let mut dataset = dataset;
+    if let Some(&len) = training_args.get("seq_len") {
+        match &mut dataset {
+            spec::Dataset::Text8 { seq_len, .. }
+            | spec::Dataset::OpenWebText { seq_len, .. }
+            | spec::Dataset::Text { seq_len, .. }
+            | spec::Dataset::Synthetic { seq_len, .. } => *seq_len = len as usize,
+        }
+    }
+    // Every hyper-parameter the checkpoint records wins over ddexp's defaults.
+    let mut train = spec::Train::default();
+    let arg = |name: &str| training_args.get(name).copied();
+    if let Some(b) = arg("batch_size") {
+        train.batch_size = b as usize;
+    }
+    // The imported experiment has one device. total_batch_size (sequences per step over all
+    // GPUs) keeps the reference's global batch on it; without it, nanoDD's per-process
+    // gradient_accumulation_steps is the best record there is.
+    match (arg("total_batch_size"), arg("gradient_accumulation_steps")) {
+        (Some(total), _)
+            if train.batch_size > 0 && (total as usize).is_multiple_of(train.batch_size) =>
+        {
+            train.grad_accum = (total as usize / train.batch_size).max(1);
+        }
+        (_, Some(n)) => train.grad_accum = n as usize,
+        _ => {}
+    }
+    if let Some(lr) = arg("learning_rate") {
+        train.lr = lr;
+    }
+    if let Some(lr) = arg("min_lr") {
+        train.min_lr = lr;
+    }
+    if let Some(n) = arg("warmup_iters") {
+        train.warmup_iters = n as u64;
+    }
+    if let Some(n) = arg("max_iters") {
+        train.max_iters = n as u64;
+    }
+    if let Some(n) = arg("eval_iters") {
+        train.eval_iters = n as u64;
+    }
+    if let Some(wd) = arg("weight_decay") {
+        train.weight_decay = wd;
+    }
+    let experiment = spec::Experiment {
+        name,
+        seed: training_args.get("training_seed").map_or(1, |&s| s as u64),
+        model: spec::Process::D3pmAbsorbing {
+            timesteps: args.timesteps,
+            lambda_ce: args.lambda_ce,
+        },
+        network: spec::Network {
+            n_embed: args.n_embed,
+            n_heads: args.n_heads,
+            n_blocks: args.n_blocks,
+            n_cond: args.n_cond,
+            dropout: args.dropout,
+        },
+        dataset,
+        sampler: spec::TimeSampler::Uniform,
+        train,
+        eval: spec::Eval::default(),
+        topology: spec::Topology::default(),
+    };
+    (experiment, notes)
+}
+
+/// The folder's name, made a valid experiment name.
+fn experiment_name(out: &Path) -> String {
+    let raw = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let cleaned: String = raw
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(100)
+        .collect();
+    if cleaned.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        cleaned
+    } else {
+        format!("nanodd{cleaned}").chars().take(100).collect()
     }
 }

@@ -1,16 +1,20 @@
 //! Running the `ddexp` binary from the CLI tests, and reading what its runs leave.
-#![allow(dead_code)] // each test file uses a different subset of these helpers
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use ddexp::model::StateDict;
+use ddexp::checkpoint::tensor_file;
 use ddexp::results::{EvalRow, TrainRow, ValRow, read_rows};
+
+/// The `ddexp` binary under test, for a command a test configures itself.
+pub fn command() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ddexp"))
+}
 
 /// `ddexp ARGS` run in `cwd`, to completion.
 pub fn ddexp(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ddexp"))
+    command()
         .args(args)
         .current_dir(cwd)
         .output()
@@ -28,7 +32,7 @@ pub fn text(out: &Output) -> String {
 
 /// Every tensor of a safetensors file, as raw bytes.
 pub fn tensors(path: &Path) -> BTreeMap<String, Vec<u8>> {
-    StateDict::read_safetensors(path)
+    tensor_file::read(path)
         .unwrap()
         .0
         .into_iter()

@@ -9,8 +9,8 @@
 //! ```
 //!
 //! [`open`] reads and checks everything on the host, so a missing or corrupt folder fails
-//! with a precise message before a device is touched; [`Opened::load`] then builds the
-//! network on whichever backend the caller runs (see [`crate::backend::run_on_one_device`]).
+//! with a precise message before a device is touched; [`SavedModel::load`] then builds the
+//! network on whichever backend the caller runs (see [`crate::backend::run`]).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -18,13 +18,14 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use burn::tensor::backend::Backend;
 
-use crate::diffusion::Diffusion;
-use crate::model::{
-    self, EXPERIMENT_FILE, INFO_FILE, ModelInfo, NET_PREFIX, StateDict, WEIGHTS_FILE, WeightSet,
+use super::{
+    BEST, CheckpointWeights, INFO_FILE, LATEST, ModelInfo, NET_PREFIX, WEIGHTS_FILE,
+    network_from_weights, read_model_info, tensor_file,
 };
-use crate::results::{CHECKPOINTS_DIR, RUN_INFO_FILE, RunDir};
+use crate::diffusion::Diffusion;
+use crate::model::{Dit, StateDict, WeightSet};
+use crate::results::{CHECKPOINTS_DIR, EXPERIMENT_FILE, RUN_INFO_FILE, RunDir};
 use crate::spec::{self, Dataset, Experiment};
-use crate::train::checkpoint::{BEST, CheckpointWeights, LATEST};
 
 /// What MODEL may be, for error messages.
 const WHAT_MODEL_IS: &str = "MODEL is a run folder (results/<experiment>/<run>/, written by \
@@ -71,7 +72,7 @@ pub enum Origin {
 
 /// A model read from disk and checked, not yet on a device.
 #[derive(Debug, Clone)]
-pub struct Opened {
+pub struct SavedModel {
     /// The folder as given.
     pub path: PathBuf,
     pub origin: Origin,
@@ -88,14 +89,14 @@ pub struct Opened {
 
 /// A model on a device.
 #[derive(Debug)]
-pub struct Trained<B: Backend> {
+pub struct LoadedModel<B: Backend> {
     pub diffusion: Diffusion,
-    pub net: model::Dit<B>,
+    pub net: Dit<B>,
 }
 
 /// Opens the run folder or model folder `path` with the `weights` set (of the `checkpoint`
 /// chosen, for a run folder).
-pub fn open(path: &Path, weights: WeightSet, checkpoint: CheckpointChoice) -> Result<Opened> {
+pub fn open(path: &Path, weights: WeightSet, checkpoint: CheckpointChoice) -> Result<SavedModel> {
     if !path.exists() {
         bail!("{} does not exist; {WHAT_MODEL_IS}", path.display());
     }
@@ -119,11 +120,11 @@ pub fn open(path: &Path, weights: WeightSet, checkpoint: CheckpointChoice) -> Re
     }
 }
 
-impl Opened {
+impl SavedModel {
     /// Builds the network and its process on `device`.
-    pub fn load<B: Backend>(&self, device: &B::Device) -> Result<Trained<B>> {
+    pub fn load<B: Backend>(&self, device: &B::Device) -> Result<LoadedModel<B>> {
         let (diffusion, net) =
-            model::network_from_weights(&self.state, &self.experiment, self.vocab_size, device)
+            network_from_weights(&self.state, &self.experiment, self.vocab_size, device)
                 .with_context(|| {
                     format!(
                         "the {} weights in {} do not fit the network of the experiment in {}",
@@ -132,7 +133,7 @@ impl Opened {
                         self.path.join(EXPERIMENT_FILE).display()
                     )
                 })?;
-        Ok(Trained { diffusion, net })
+        Ok(LoadedModel { diffusion, net })
     }
 
     /// The run folder, when the model is one (where eval.csv and samples.txt go).
@@ -198,7 +199,7 @@ impl Opened {
     }
 }
 
-fn open_run_folder(path: &Path, weights: WeightSet, which: CheckpointChoice) -> Result<Opened> {
+fn open_run_folder(path: &Path, weights: WeightSet, which: CheckpointChoice) -> Result<SavedModel> {
     let run = RunDir::open(path)?;
     let loaded = spec::load(&run.experiment_path(), &[])?;
     let experiment = loaded.experiment;
@@ -237,7 +238,7 @@ fn open_run_folder(path: &Path, weights: WeightSet, which: CheckpointChoice) -> 
             weights.name()
         ),
     };
-    Ok(Opened {
+    Ok(SavedModel {
         path: path.to_path_buf(),
         origin: Origin::Run {
             iteration: checkpoint.iteration,
@@ -251,8 +252,8 @@ fn open_run_folder(path: &Path, weights: WeightSet, which: CheckpointChoice) -> 
     })
 }
 
-fn open_model_folder(path: &Path, weights: WeightSet) -> Result<Opened> {
-    let info = model::read_model_info(path)?;
+fn open_model_folder(path: &Path, weights: WeightSet) -> Result<SavedModel> {
+    let info = read_model_info(path)?;
     let loaded = spec::load(&path.join(EXPERIMENT_FILE), &[])?;
     if info.weights != weights {
         bail!(
@@ -282,8 +283,8 @@ fn open_model_folder(path: &Path, weights: WeightSet) -> Result<Opened> {
             info.source
         );
     }
-    let state = StateDict::read_safetensors(&weights_file)?;
-    Ok(Opened {
+    let state = tensor_file::read(&weights_file)?;
+    Ok(SavedModel {
         path: path.to_path_buf(),
         vocab_size: info.num_classes - 1,
         origin: Origin::ModelFolder { info },

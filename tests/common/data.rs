@@ -1,6 +1,5 @@
-//! Helpers shared by the data tests: a tiny HTTP server on 127.0.0.1, and writers for the
-//! input formats (zip, parquet, jsonl) so that tests create all their data themselves.
-#![allow(dead_code)] // each test file uses a different subset of these helpers
+//! A tiny HTTP server on 127.0.0.1, and writers for the input formats (zip, parquet, jsonl),
+//! so that the data tests create all their data themselves.
 
 use std::collections::HashMap;
 use std::fs::File;

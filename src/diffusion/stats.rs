@@ -1,4 +1,4 @@
-//! From per-token losses to the logged numbers and the bits/token estimate (DESIGN.md §5).
+//! From per-token losses to the logged numbers and the bits/token estimate.
 
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
