@@ -8,7 +8,7 @@
 
 use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, Int, Tensor, TensorData, s};
+use burn::tensor::{Bool, Int, Tensor, TensorData};
 use rand::Rng;
 
 use crate::model::{Dit, StateDict};
@@ -415,7 +415,7 @@ impl D3pmAbsorbing {
         let from_step = self.one_hot(x_s) * p.keep.clone() + x_s_is_mask * p.beta.clone();
         // q(x_{s'} | x_0): x_0 survives with ᾱ_{s'}, the rest of the mass is on the mask.
         let from_data = x0.clone() * p.alpha_bar.clone()
-            + self.mask_column(&device) * p.one_minus_alpha_bar.clone();
+            + self.mask_column(1.0, &device) * p.one_minus_alpha_bar.clone();
         let log_posterior = (from_step + EPS).log() + (from_data + EPS).log();
         log_posterior.mask_where(p.reaches_x0.clone().expand(shape), (x0 + EPS).log())
     }
@@ -428,17 +428,19 @@ impl D3pmAbsorbing {
             .float()
     }
 
-    /// [1, 1, K]: 1 on the mask column.
-    fn mask_column<B: Backend>(&self, device: &B::Device) -> Tensor<B, 3> {
+    /// [1, 1, K]: `value` on the mask column, 0 elsewhere.
+    fn mask_column<B: Backend>(&self, value: f32, device: &B::Device) -> Tensor<B, 3> {
         let mut column = vec![0.0f32; self.num_classes];
-        column[self.mask_id()] = 1.0;
+        column[self.mask_id()] = value;
         Tensor::from_data(TensorData::new(column, [1, 1, self.num_classes]), device)
     }
 
-    /// The network output with the mask column set to −∞: p(x_0) never predicts the mask.
+    /// The network output with −∞ on the mask column: p(x_0) never predicts the mask. An
+    /// addition rather than a slice assignment, so that it runs in place on a tensor with
+    /// no other handle.
     fn remove_mask_column<B: Backend>(&self, logits: Tensor<B, 3>) -> Tensor<B, 3> {
-        let k = self.num_classes;
-        logits.slice_fill(s![.., .., k - 1..k], f32::NEG_INFINITY)
+        let device = logits.device();
+        logits + self.mask_column(f32::NEG_INFINITY, &device)
     }
 }
 
