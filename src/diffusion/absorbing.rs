@@ -749,6 +749,186 @@ mod tests {
         assert!((900..1100).contains(&count(3)), "{}", count(3));
     }
 
+    fn logits<Bk: Backend>(values: Vec<f32>, shape: [usize; 3]) -> Tensor<Bk, 3> {
+        Tensor::from_data(TensorData::new(values, shape), &Default::default())
+    }
+
+    /// max |a − b| / max |b|, 0 where both are all zeros.
+    fn relative_error(a: &[f32], b: &[f32]) -> f32 {
+        let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let err = a
+            .iter()
+            .zip(b)
+            .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+        err / scale.max(f32::MIN_POSITIVE)
+    }
+
+    #[test]
+    fn closed_form_terms_by_hand() {
+        // Classes {0, 1} and the mask 2; every position predicts p_θ = (1/4, 3/4) whatever
+        // the mask column's logit. T = 4, so w = 1/(t + 1).
+        let p = D3pmAbsorbing::new(4, 0.05, 3);
+        let row = [0.0, 3f32.ln(), 5.0];
+        let logits = logits::<B>(row.repeat(6), [2, 3, 3]);
+        // t = 1: two masked positions (w = 1/2) and an unmasked one. t = 0: KL = CE everywhere.
+        let x0 = tokens(vec![vec![0, 1, 1], vec![1, 0, 0]]);
+        let x_next = tokens(vec![vec![2, 2, 1], vec![1, 2, 0]]);
+        let t = [1, 0];
+        let (ln4, ln4_3) = (4f32.ln(), (4.0f32 / 3.0).ln());
+        let ce = [ln4, ln4_3, ln4_3, ln4_3, ln4, ln4];
+        let kl = [ln4 / 2.0, ln4_3 / 2.0, 0.0, ln4_3, ln4, ln4];
+
+        let terms = p.token_terms_from_logits(logits.clone(), x0.clone(), x_next.clone(), &t);
+        let reference = p.reference_posteriors(logits, x0, x_next, &t).kl();
+        let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-6);
+        assert!(close(&floats(terms.ce.clone()), &ce));
+        assert!(
+            close(&floats(terms.kl.clone()), &kl),
+            "{:?}",
+            floats(terms.kl.clone())
+        );
+        assert!(close(&floats(reference), &kl));
+
+        let loss = floats(p.loss_from_terms(terms, &t).loss)[0];
+        let expected =
+            ((0..3).map(|i| kl[i] + 0.05 * ce[i]).sum::<f32>() + ce[3..].iter().sum::<f32>()) / 6.0;
+        assert!((loss - expected).abs() < 1e-6, "{loss} vs {expected}");
+    }
+
+    /// Which positions of x_{t+1} are masked in a test row.
+    #[derive(Clone, Copy)]
+    enum Masks {
+        Drawn,
+        All,
+        None,
+    }
+
+    #[test]
+    fn closed_form_equals_the_reference_formulation_with_gradients() {
+        type A = burn::backend::Autodiff<Flex>;
+        let (timesteps, k, seq_len) = (100, 9, 12);
+        let p = D3pmAbsorbing::new(timesteps, 0.05, k);
+        let mask = p.mask_id() as i64;
+        let rows = [
+            (0, Masks::Drawn),
+            (0, Masks::All),
+            (0, Masks::None),
+            (1, Masks::All),
+            (2, Masks::Drawn),
+            (5, Masks::All),
+            (37, Masks::Drawn),
+            (50, Masks::Drawn),
+            (60, Masks::None),
+            (98, Masks::Drawn),
+            (99, Masks::Drawn),
+        ];
+        let batch = rows.len();
+        let t: Vec<usize> = rows.iter().map(|r| r.0).collect();
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        let x0: Vec<i64> = (0..batch * seq_len)
+            .map(|_| rng.random_range(0..mask))
+            .collect();
+        let x0 = tokens(x0.chunks(seq_len).map(<[i64]>::to_vec).collect());
+        let drawn = ints(p.noise(x0.clone(), &t, &mut seeded_rows(12, batch as u64)));
+        let x_next: Vec<Vec<i64>> = rows
+            .iter()
+            .zip(ints(x0.clone()).chunks(seq_len).zip(drawn.chunks(seq_len)))
+            .map(|(&(_, masks), (x0, drawn))| match masks {
+                Masks::Drawn => drawn.to_vec(),
+                Masks::All => vec![mask; seq_len],
+                Masks::None => x0.to_vec(),
+            })
+            .collect();
+        let x_next = tokens(x_next);
+        let to_autodiff = |x: Tensor<B, 2, Int>| Tensor::<A, 2, Int>::from_inner(x);
+        let (x0, x_next) = (to_autodiff(x0), to_autodiff(x_next));
+
+        // Logits over ±6 (p_θ(x_0) far above the reference's ε) and random weights per token,
+        // so that the gradient of every token's KL and CE takes part.
+        let values: Vec<f32> = (0..batch * seq_len * k)
+            .map(|_| rng.random_range(-6.0..6.0))
+            .collect();
+        let mut weights = || {
+            let values = (0..batch * seq_len)
+                .map(|_| rng.random_range(0.5..2.0))
+                .collect();
+            Tensor::<A, 2>::from_data(
+                TensorData::new(values, [batch, seq_len]),
+                &Default::default(),
+            )
+        };
+        let (kl_weights, ce_weights) = (weights(), weights());
+        let run = |reference: bool| {
+            let logits = logits::<A>(values.clone(), [batch, seq_len, k]).require_grad();
+            let terms = if reference {
+                let posteriors =
+                    p.reference_posteriors(logits.clone(), x0.clone(), x_next.clone(), &t);
+                let log_p_x0 = log_softmax(p.remove_mask_column(logits.clone()), 2);
+                TokenTerms {
+                    kl: posteriors.kl(),
+                    ce: log_p_x0
+                        .gather(2, x0.clone().unsqueeze_dim(2))
+                        .squeeze_dim(2)
+                        .neg(),
+                }
+            } else {
+                p.token_terms_from_logits(logits.clone(), x0.clone(), x_next.clone(), &t)
+            };
+            let objective = (terms.kl.clone() * kl_weights.clone()).sum()
+                + (terms.ce.clone() * ce_weights.clone()).sum();
+            let grad = logits.grad(&objective.backward()).unwrap();
+            (
+                floats(terms.kl.inner()),
+                floats(terms.ce.inner()),
+                floats(grad),
+            )
+        };
+        let (kl, ce, grad) = run(false);
+        let (kl_ref, ce_ref, grad_ref) = run(true);
+        let rows_of = |v: &[f32]| v.chunks(seq_len).map(<[f32]>::to_vec).collect::<Vec<_>>();
+        for (row, (ours, reference)) in rows_of(&kl).iter().zip(rows_of(&kl_ref)).enumerate() {
+            let err = relative_error(ours, &reference);
+            assert!(err < 1e-5, "KL at t = {}: relative error {err}", t[row]);
+        }
+        let err = relative_error(&ce, &ce_ref);
+        assert!(err < 1e-6, "CE: relative error {err}");
+        let err = relative_error(&grad, &grad_ref);
+        assert!(err < 1e-5, "gradient: relative error {err}");
+    }
+
+    #[test]
+    fn below_the_epsilon_the_reference_caps_the_kl_and_the_closed_form_does_not() {
+        // p_θ(x_0) = e^−80 / 2 at a masked and at an unmasked position, t = 499 (w = 1/500).
+        let p = D3pmAbsorbing::new(1000, 0.05, 4);
+        let logits = logits::<B>([-80.0, 0.0, 0.0, 0.0].repeat(2), [1, 2, 4]);
+        let x0 = tokens(vec![vec![0, 0]]);
+        let x_next = tokens(vec![vec![3, 0]]);
+        let t = [499];
+        let terms = p.token_terms_from_logits(logits.clone(), x0.clone(), x_next.clone(), &t);
+        let kl = floats(terms.kl);
+        let reference = floats(p.reference_posteriors(logits, x0, x_next, &t).kl());
+
+        let w = 1.0 / 500.0;
+        let ce = 80.0 + 2f64.ln();
+        assert!((kl[0] as f64 - w * ce).abs() < 1e-5, "{}", kl[0]);
+        assert_eq!(kl[1], 0.0);
+        // The reference: −w·log(p_θ(x_0) + ε/ᾱ_t) ≈ w·log(ᾱ_t/ε) at the masked token, and
+        // log((2 − β)/(1 − β)) at the unmasked one.
+        let capped = w * (p.alpha_bars()[499] as f64 / 1e-20).ln();
+        assert!(
+            (reference[0] as f64 - capped).abs() < 1e-4,
+            "{} vs {capped}",
+            reference[0]
+        );
+        let beta = p.betas()[500] as f64;
+        let unmasked = ((2.0 - beta) / (1.0 - beta)).ln();
+        assert!(
+            (reference[1] as f64 - unmasked).abs() < 1e-3,
+            "{} vs {unmasked}",
+            reference[1]
+        );
+    }
+
     #[test]
     fn loss_is_the_hybrid_mean_and_stats_merge_like_one_batch() {
         let p = D3pmAbsorbing::new(100, 0.05, 6);
