@@ -143,8 +143,11 @@ fn run_case(
     let terms =
         process.token_terms_traced(&model.net, x0.clone(), x_next.clone(), &t, Some(&mut trace));
     let out = process.loss_from_terms(terms.clone(), &t);
+    let logits = trace.logits.unwrap();
+    // The posteriors that the closed-form loss never builds, from the same logits.
+    let posteriors = process.reference_posteriors(logits.clone(), x0.clone(), x_next.clone(), &t);
 
-    check("log_q".into(), trace.log_q.unwrap().into_data());
+    check("log_q".into(), posteriors.log_q.clone().into_data());
     check(
         format!("{w}.timestep_freq"),
         trace.net.timestep_freq.unwrap().into_data(),
@@ -154,8 +157,8 @@ fn run_case(
     for (i, block) in trace.net.blocks.into_iter().enumerate() {
         check(format!("{w}.block{i}"), block.into_data());
     }
-    check(format!("{w}.logits"), trace.logits.unwrap().into_data());
-    check(format!("{w}.log_p"), trace.log_p.unwrap().into_data());
+    check(format!("{w}.logits"), logits.into_data());
+    check(format!("{w}.log_p"), posteriors.log_p.clone().into_data());
     check(format!("{w}.l_kl"), terms.kl.into_data());
     check(format!("{w}.l_ce"), terms.ce.into_data());
     check(format!("{w}.loss"), out.loss.clone().into_data());
@@ -197,6 +200,12 @@ fn run_case(
             check(name, grad);
         }
     }
+
+    // The KL of the reference's own formulation too: the unit tests hold the closed form to it.
+    let name = format!("{w}.l_kl");
+    let mut row = compare(&name, posteriors.kl().into_data(), get(&name));
+    row.name = format!("{name} (reference formulation)");
+    rows.push(row);
     rows
 }
 

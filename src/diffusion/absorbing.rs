@@ -5,10 +5,53 @@
 //! posteriors q(x_t | x_{t+1}, x_0) and p(x_t | x_{t+1}). Sampling goes from x_s to x_{s'}
 //! with s' < s (s' = s − 1 for exact ancestral sampling); the training posterior is the case
 //! s = t + 1, s' = t.
+//!
+//! # The loss in closed form
+//!
+//! The reference builds both posteriors as [B, L, K] vectors (K classes, mask m = K − 1) and
+//! takes their KL. For this process the KL reduces to a multiple of the cross-entropy
+//! CE = −log p_θ(x_0), where p_θ is the softmax of the network output without the mask
+//! column, so training and evaluation ([`D3pmAbsorbing::token_terms`]) need only the logits'
+//! log-normaliser and one gathered logit per token.
+//!
+//! Write β = β_{t+1} and ᾱ = ᾱ_t, so that ᾱ_{t+1} = (1 − β)·ᾱ. Unnormalised,
+//! q(x_t = k | x_{t+1}, x_0) = q(x_{t+1} | x_t = k) · q(x_t = k | x_0): one forward step keeps
+//! a token with 1 − β and masks it with β (the mask stays the mask), and after t steps x_0 is
+//! still there with ᾱ and masked otherwise. p(x_t | x_{t+1}) is the same product with
+//! p_θ(x_0) in place of the one-hot of x_0 (p_θ(m) = 0). Per position of x_{t+1}:
+//!
+//! * x_{t+1} = x_0 (not masked yet): only k = x_0 can step to x_{t+1}, and both q and p put
+//!   all their mass there. KL = 0.
+//! * x_{t+1} = m: k = m has weight 1·(1 − ᾱ) in both; k ≠ m has β·ᾱ·[k = x_0] in q and
+//!   β·ᾱ·p_θ(k) in p. Both sum to β·ᾱ + 1 − ᾱ = 1 − ᾱ_{t+1}, so with
+//!   w = β·ᾱ / (1 − ᾱ_{t+1}) = (ᾱ_t − ᾱ_{t+1}) / (1 − ᾱ_{t+1}), the probability that a masked
+//!   token is unmasked at this step, q = w·δ(x_0) + (1 − w)·δ(m) and
+//!   p = w·p_θ + (1 − w)·δ(m). Only k = x_0 and k = m carry q's mass, and q(m) = p(m), so
+//!   KL = w·log(w / (w·p_θ(x_0))) = w·CE. This schedule (ᾱ_t = (T − t)/T) gives
+//!   w = 1/(t + 1).
+//! * t = 0: the posterior is x_0 itself and p is p_θ, so KL = CE at every position.
+//!
+//! So KL = c·CE per token with c = 1 at t = 0, and for t > 0 c = w where x_{t+1} is masked
+//! and 0 where it is not. c depends only on t and x_{t+1}, so the gradient flows through CE
+//! alone. This holds for every x_{t+1} that q(x_{t+1} | x_0) can draw (each token x_0 or the
+//! mask); for other inputs the reference's posterior is made of its ε terms alone.
+//!
+//! The reference adds ε = 1e-20 inside every log, which the derivation leaves out. While
+//! p_θ(x_0) ≫ ε/ᾱ_t that changes the KL by about ε/(ᾱ_t·p_θ(x_0)) nats or less, far below
+//! f32 resolution. The two differ only where p_θ(x_0) ≲ ε/ᾱ_t (1e-20 to 1e-17 for T = 1000,
+//! as ᾱ_t ≥ 1/T), a token whose CE is already 39 to 46 nats. There the reference's KL at a
+//! masked token is −w·log(p_θ(x_0) + ε/ᾱ_t) (−log(p_θ(x_0) + ε) at t = 0, which the loss
+//! does not use), flat at w·log(ᾱ_t/ε) ≤ 46·w nats and without gradient; at an unmasked
+//! token ε gives p mass off x_0, and the KL rises from 0 towards log((2 − β)/(1 − β)) ≈ log 2.
+//! The closed form does not reproduce this: it is the exact KL, −w·log p_θ(x_0), finite for
+//! finite logits, with gradient w·(p_θ − δ(x_0)) however small p_θ(x_0) is, and 0 at
+//! unmasked tokens. The cap belongs to the numerical guard, not to the model:
+//! capped, the KL would stop teaching exactly the tokens predicted worst and evaluation would
+//! understate the bits/token bound, and the reference's own CE at such a token is not capped.
 
 use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, Int, Tensor, TensorData, s};
+use burn::tensor::{Bool, Int, Tensor, TensorData};
 use rand::Rng;
 
 use crate::model::{Dit, StateDict};
@@ -56,22 +99,40 @@ struct Posterior<B: Backend> {
 /// The per-token terms of the loss.
 #[derive(Debug, Clone)]
 pub struct TokenTerms<B: Backend> {
-    /// [B, L] KL(q(x_t | x_{t+1}, x_0) ‖ p(x_t | x_{t+1})), clamped at 0.
+    /// [B, L] KL(q(x_t | x_{t+1}, x_0) ‖ p(x_t | x_{t+1})).
     pub kl: Tensor<B, 2>,
     /// [B, L] cross-entropy of the network's p(x_0) (mask column removed) against x_0.
     pub ce: Tensor<B, 2>,
 }
 
-/// The intermediate values of one loss evaluation (for parity tests and inspection).
+/// The network's intermediate values in one loss evaluation (for parity tests and inspection).
 #[derive(Debug, Clone, Default)]
 pub struct LossTrace<B: Backend> {
-    /// [B, L, K] unnormalised log q(x_t | x_{t+1}, x_0).
-    pub log_q: Option<Tensor<B, 3>>,
-    /// [B, L, K] unnormalised log p(x_t | x_{t+1}).
-    pub log_p: Option<Tensor<B, 3>>,
     /// [B, L, K] network output before the mask column is removed.
     pub logits: Option<Tensor<B, 3>>,
     pub net: crate::model::DitTrace<B>,
+}
+
+/// The training posteriors as the reference builds them, [B, L, K] each: the specification
+/// that tests hold the closed-form loss to. Training and evaluation never build them.
+#[derive(Debug, Clone)]
+pub struct ReferencePosteriors<B: Backend> {
+    /// Unnormalised log q(x_t | x_{t+1}, x_0).
+    pub log_q: Tensor<B, 3>,
+    /// Unnormalised log p(x_t | x_{t+1}).
+    pub log_p: Tensor<B, 3>,
+}
+
+impl<B: Backend> ReferencePosteriors<B> {
+    /// [B, L] KL(q ‖ p) of the normalised posteriors, clamped at 0, as the reference computes
+    /// it (its value at t = 0 is the KL of x_0's one-hot from p_θ, the cross-entropy).
+    pub fn kl(&self) -> Tensor<B, 2> {
+        let (log_q, log_p) = (self.log_q.clone(), self.log_p.clone());
+        (softmax(log_q.clone(), 2) * (log_softmax(log_q, 2) - log_softmax(log_p, 2)))
+            .sum_dim(2)
+            .squeeze_dim::<2>(2)
+            .clamp_min(0.0)
+    }
 }
 
 impl D3pmAbsorbing {
@@ -161,7 +222,7 @@ impl D3pmAbsorbing {
     }
 
     /// The per-token KL and CE of the loss at transition indices `t` for noised tokens
-    /// `x_next` = x_{t+1}.
+    /// `x_next` = x_{t+1} drawn from q(x_{t+1} | x_0), in closed form (see the module doc).
     pub fn token_terms<B: Backend>(
         &self,
         net: &Dit<B>,
@@ -172,8 +233,8 @@ impl D3pmAbsorbing {
         self.token_terms_traced(net, x0, x_next, t, None)
     }
 
-    /// [`token_terms`](Self::token_terms) that also records the posteriors, the logits and
-    /// the network's intermediates.
+    /// [`token_terms`](Self::token_terms) that also records the logits and the network's
+    /// intermediates.
     pub fn token_terms_traced<B: Backend>(
         &self,
         net: &Dit<B>,
@@ -182,36 +243,86 @@ impl D3pmAbsorbing {
         t: &[usize],
         mut trace: Option<&mut LossTrace<B>>,
     ) -> TokenTerms<B> {
-        let device = x0.device();
         let s: Vec<usize> = t.iter().map(|&t| t + 1).collect();
-        let posterior = self.posterior::<B>(&s, t, &device);
-
-        let log_q = self.log_posterior(self.one_hot(x0.clone()), x_next.clone(), &posterior);
         let logits = net.forward_traced(
             x_next.clone(),
-            times(&s, &device),
+            times(&s, &x_next.device()),
             trace.as_deref_mut().map(|trace| &mut trace.net),
         );
-        let masked_logits = self.remove_mask_column(logits.clone());
-        let p_x0 = softmax(masked_logits.clone(), 2);
-        let log_p = self.log_posterior(p_x0, x_next, &posterior);
-
-        let kl = (softmax(log_q.clone(), 2)
-            * (log_softmax(log_q.clone(), 2) - log_softmax(log_p.clone(), 2)))
-        .sum_dim(2)
-        .squeeze_dim::<2>(2)
-        .clamp_min(0.0);
-        let ce = log_softmax(masked_logits, 2)
-            .gather(2, x0.unsqueeze_dim(2))
-            .squeeze_dim::<2>(2)
-            .neg();
-
         if let Some(trace) = trace {
-            trace.log_q = Some(log_q);
-            trace.log_p = Some(log_p);
-            trace.logits = Some(logits);
+            trace.logits = Some(logits.clone());
         }
+        self.token_terms_from_logits(logits, x0, x_next, t)
+    }
+
+    /// [`token_terms`](Self::token_terms) from the network's output `logits` [B, L, K] for
+    /// `x_next` at times t + 1: KL = c·CE with c from [`kl_weights`](Self::kl_weights).
+    fn token_terms_from_logits<B: Backend>(
+        &self,
+        logits: Tensor<B, 3>,
+        x0: Tensor<B, 2, Int>,
+        x_next: Tensor<B, 2, Int>,
+        t: &[usize],
+    ) -> TokenTerms<B> {
+        let ce = self.cross_entropy(logits, x0);
+        let kl = ce.clone() * self.kl_weights(x_next, t);
         TokenTerms { kl, ce }
+    }
+
+    /// −log p_θ(x_0) [B, L], p_θ the softmax of `logits` [B, L, K] without the mask column:
+    /// the log-normaliser of the non-mask logits minus the logit of x_0. Never negative, in
+    /// f32 too: the largest logit's own term makes the sum at least 1, so the log-normaliser
+    /// is at least every logit (the reference clamps its KL at 0; this needs no clamp).
+    fn cross_entropy<B: Backend>(
+        &self,
+        logits: Tensor<B, 3>,
+        x0: Tensor<B, 2, Int>,
+    ) -> Tensor<B, 2> {
+        let target = logits.clone().gather(2, x0.unsqueeze_dim(2));
+        let logits = self.remove_mask_column(logits);
+        // Shifted by the row's largest logit, a constant, so that exp stays in range. On a
+        // backend that writes into a buffer with a single handle (flex does), the mask and the
+        // shift reuse the logits' buffer, and the graph keeps one [B, L, K] tensor for
+        // backward: exp's input.
+        let max = logits.clone().detach().max_dim(2);
+        let log_norm = (logits - max.clone()).exp().sum_dim(2).log() + max;
+        (log_norm - target).squeeze_dim::<2>(2)
+    }
+
+    /// [B, L] the factor c of KL = c·CE: 1 at t = 0 (the posterior is x_0 itself); for t > 0
+    /// the unmasking probability of step t + 1 → t where x_{t+1} is the mask, else 0.
+    fn kl_weights<B: Backend>(&self, x_next: Tensor<B, 2, Int>, t: &[usize]) -> Tensor<B, 2> {
+        let [batch, seq_len] = x_next.dims();
+        let device = x_next.device();
+        let column = |values: Vec<f32>| {
+            Tensor::<B, 2>::from_data(TensorData::new(values, [batch, 1]), &device)
+                .expand([batch, seq_len])
+        };
+        let masked = t
+            .iter()
+            .map(|&t| self.unmask_probability(t + 1, t) as f32)
+            .collect();
+        let unmasked = t.iter().map(|&t| if t == 0 { 1.0 } else { 0.0 }).collect();
+        let is_mask = x_next.equal_elem(self.mask_id() as i64);
+        column(unmasked).mask_where(is_mask, column(masked))
+    }
+
+    /// q(x_t | x_{t+1}, x_0) and p(x_t | x_{t+1}) built term by term as the reference does,
+    /// from the network's output `logits` [B, L, K] for `x_next` at times t + 1. For tests:
+    /// training and evaluation use [`token_terms`](Self::token_terms).
+    pub fn reference_posteriors<B: Backend>(
+        &self,
+        logits: Tensor<B, 3>,
+        x0: Tensor<B, 2, Int>,
+        x_next: Tensor<B, 2, Int>,
+        t: &[usize],
+    ) -> ReferencePosteriors<B> {
+        let s: Vec<usize> = t.iter().map(|&t| t + 1).collect();
+        let posterior = self.posterior::<B>(&s, t, &x0.device());
+        ReferencePosteriors {
+            log_q: self.log_posterior(self.one_hot(x0), x_next.clone(), &posterior),
+            log_p: self.log_posterior(self.x0_probs(logits), x_next, &posterior),
+        }
     }
 
     /// The training loss and its bookkeeping for transition indices `t` and noised tokens
@@ -396,7 +507,7 @@ impl D3pmAbsorbing {
 
     /// log(q(x_s | x_{s'}) as a function of x_{s'} + ε) + log(q(x_{s'} | x_0) + ε), where x_0
     /// is a one-hot or a predicted distribution [B, L, K]; sequences with s' = 0 get
-    /// log(x_0 + ε).
+    /// log(x_0 + ε). The reverse step's distribution, and the reference's training posteriors.
     fn log_posterior<B: Backend>(
         &self,
         x0: Tensor<B, 3>,
@@ -415,7 +526,7 @@ impl D3pmAbsorbing {
         let from_step = self.one_hot(x_s) * p.keep.clone() + x_s_is_mask * p.beta.clone();
         // q(x_{s'} | x_0): x_0 survives with ᾱ_{s'}, the rest of the mass is on the mask.
         let from_data = x0.clone() * p.alpha_bar.clone()
-            + self.mask_column(&device) * p.one_minus_alpha_bar.clone();
+            + self.mask_column(1.0, &device) * p.one_minus_alpha_bar.clone();
         let log_posterior = (from_step + EPS).log() + (from_data + EPS).log();
         log_posterior.mask_where(p.reaches_x0.clone().expand(shape), (x0 + EPS).log())
     }
@@ -428,17 +539,19 @@ impl D3pmAbsorbing {
             .float()
     }
 
-    /// [1, 1, K]: 1 on the mask column.
-    fn mask_column<B: Backend>(&self, device: &B::Device) -> Tensor<B, 3> {
+    /// [1, 1, K]: `value` on the mask column, 0 elsewhere.
+    fn mask_column<B: Backend>(&self, value: f32, device: &B::Device) -> Tensor<B, 3> {
         let mut column = vec![0.0f32; self.num_classes];
-        column[self.mask_id()] = 1.0;
+        column[self.mask_id()] = value;
         Tensor::from_data(TensorData::new(column, [1, 1, self.num_classes]), device)
     }
 
-    /// The network output with the mask column set to −∞: p(x_0) never predicts the mask.
+    /// The network output with −∞ on the mask column: p(x_0) never predicts the mask. An
+    /// addition rather than a slice assignment, so that it runs in place on a tensor with
+    /// no other handle.
     fn remove_mask_column<B: Backend>(&self, logits: Tensor<B, 3>) -> Tensor<B, 3> {
-        let k = self.num_classes;
-        logits.slice_fill(s![.., .., k - 1..k], f32::NEG_INFINITY)
+        let device = logits.device();
+        logits + self.mask_column(f32::NEG_INFINITY, &device)
     }
 }
 
@@ -634,6 +747,186 @@ mod tests {
         }
         assert!((1880..2120).contains(&count(1)), "{}", count(1));
         assert!((900..1100).contains(&count(3)), "{}", count(3));
+    }
+
+    fn logits<Bk: Backend>(values: Vec<f32>, shape: [usize; 3]) -> Tensor<Bk, 3> {
+        Tensor::from_data(TensorData::new(values, shape), &Default::default())
+    }
+
+    /// max |a − b| / max |b|, 0 where both are all zeros.
+    fn relative_error(a: &[f32], b: &[f32]) -> f32 {
+        let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let err = a
+            .iter()
+            .zip(b)
+            .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+        err / scale.max(f32::MIN_POSITIVE)
+    }
+
+    #[test]
+    fn closed_form_terms_by_hand() {
+        // Classes {0, 1} and the mask 2; every position predicts p_θ = (1/4, 3/4) whatever
+        // the mask column's logit. T = 4, so w = 1/(t + 1).
+        let p = D3pmAbsorbing::new(4, 0.05, 3);
+        let row = [0.0, 3f32.ln(), 5.0];
+        let logits = logits::<B>(row.repeat(6), [2, 3, 3]);
+        // t = 1: two masked positions (w = 1/2) and an unmasked one. t = 0: KL = CE everywhere.
+        let x0 = tokens(vec![vec![0, 1, 1], vec![1, 0, 0]]);
+        let x_next = tokens(vec![vec![2, 2, 1], vec![1, 2, 0]]);
+        let t = [1, 0];
+        let (ln4, ln4_3) = (4f32.ln(), (4.0f32 / 3.0).ln());
+        let ce = [ln4, ln4_3, ln4_3, ln4_3, ln4, ln4];
+        let kl = [ln4 / 2.0, ln4_3 / 2.0, 0.0, ln4_3, ln4, ln4];
+
+        let terms = p.token_terms_from_logits(logits.clone(), x0.clone(), x_next.clone(), &t);
+        let reference = p.reference_posteriors(logits, x0, x_next, &t).kl();
+        let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-6);
+        assert!(close(&floats(terms.ce.clone()), &ce));
+        assert!(
+            close(&floats(terms.kl.clone()), &kl),
+            "{:?}",
+            floats(terms.kl.clone())
+        );
+        assert!(close(&floats(reference), &kl));
+
+        let loss = floats(p.loss_from_terms(terms, &t).loss)[0];
+        let expected =
+            ((0..3).map(|i| kl[i] + 0.05 * ce[i]).sum::<f32>() + ce[3..].iter().sum::<f32>()) / 6.0;
+        assert!((loss - expected).abs() < 1e-6, "{loss} vs {expected}");
+    }
+
+    /// Which positions of x_{t+1} are masked in a test row.
+    #[derive(Clone, Copy)]
+    enum Masks {
+        Drawn,
+        All,
+        None,
+    }
+
+    #[test]
+    fn closed_form_equals_the_reference_formulation_with_gradients() {
+        type A = burn::backend::Autodiff<Flex>;
+        let (timesteps, k, seq_len) = (100, 9, 12);
+        let p = D3pmAbsorbing::new(timesteps, 0.05, k);
+        let mask = p.mask_id() as i64;
+        let rows = [
+            (0, Masks::Drawn),
+            (0, Masks::All),
+            (0, Masks::None),
+            (1, Masks::All),
+            (2, Masks::Drawn),
+            (5, Masks::All),
+            (37, Masks::Drawn),
+            (50, Masks::Drawn),
+            (60, Masks::None),
+            (98, Masks::Drawn),
+            (99, Masks::Drawn),
+        ];
+        let batch = rows.len();
+        let t: Vec<usize> = rows.iter().map(|r| r.0).collect();
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        let x0: Vec<i64> = (0..batch * seq_len)
+            .map(|_| rng.random_range(0..mask))
+            .collect();
+        let x0 = tokens(x0.chunks(seq_len).map(<[i64]>::to_vec).collect());
+        let drawn = ints(p.noise(x0.clone(), &t, &mut seeded_rows(12, batch as u64)));
+        let x_next: Vec<Vec<i64>> = rows
+            .iter()
+            .zip(ints(x0.clone()).chunks(seq_len).zip(drawn.chunks(seq_len)))
+            .map(|(&(_, masks), (x0, drawn))| match masks {
+                Masks::Drawn => drawn.to_vec(),
+                Masks::All => vec![mask; seq_len],
+                Masks::None => x0.to_vec(),
+            })
+            .collect();
+        let x_next = tokens(x_next);
+        let to_autodiff = |x: Tensor<B, 2, Int>| Tensor::<A, 2, Int>::from_inner(x);
+        let (x0, x_next) = (to_autodiff(x0), to_autodiff(x_next));
+
+        // Logits over ±6 (p_θ(x_0) far above the reference's ε) and random weights per token,
+        // so that the gradient of every token's KL and CE takes part.
+        let values: Vec<f32> = (0..batch * seq_len * k)
+            .map(|_| rng.random_range(-6.0..6.0))
+            .collect();
+        let mut weights = || {
+            let values = (0..batch * seq_len)
+                .map(|_| rng.random_range(0.5..2.0))
+                .collect();
+            Tensor::<A, 2>::from_data(
+                TensorData::new(values, [batch, seq_len]),
+                &Default::default(),
+            )
+        };
+        let (kl_weights, ce_weights) = (weights(), weights());
+        let run = |reference: bool| {
+            let logits = logits::<A>(values.clone(), [batch, seq_len, k]).require_grad();
+            let terms = if reference {
+                let posteriors =
+                    p.reference_posteriors(logits.clone(), x0.clone(), x_next.clone(), &t);
+                let log_p_x0 = log_softmax(p.remove_mask_column(logits.clone()), 2);
+                TokenTerms {
+                    kl: posteriors.kl(),
+                    ce: log_p_x0
+                        .gather(2, x0.clone().unsqueeze_dim(2))
+                        .squeeze_dim(2)
+                        .neg(),
+                }
+            } else {
+                p.token_terms_from_logits(logits.clone(), x0.clone(), x_next.clone(), &t)
+            };
+            let objective = (terms.kl.clone() * kl_weights.clone()).sum()
+                + (terms.ce.clone() * ce_weights.clone()).sum();
+            let grad = logits.grad(&objective.backward()).unwrap();
+            (
+                floats(terms.kl.inner()),
+                floats(terms.ce.inner()),
+                floats(grad),
+            )
+        };
+        let (kl, ce, grad) = run(false);
+        let (kl_ref, ce_ref, grad_ref) = run(true);
+        let rows_of = |v: &[f32]| v.chunks(seq_len).map(<[f32]>::to_vec).collect::<Vec<_>>();
+        for (row, (ours, reference)) in rows_of(&kl).iter().zip(rows_of(&kl_ref)).enumerate() {
+            let err = relative_error(ours, &reference);
+            assert!(err < 1e-5, "KL at t = {}: relative error {err}", t[row]);
+        }
+        let err = relative_error(&ce, &ce_ref);
+        assert!(err < 1e-6, "CE: relative error {err}");
+        let err = relative_error(&grad, &grad_ref);
+        assert!(err < 1e-5, "gradient: relative error {err}");
+    }
+
+    #[test]
+    fn below_the_epsilon_the_reference_caps_the_kl_and_the_closed_form_does_not() {
+        // p_θ(x_0) = e^−80 / 2 at a masked and at an unmasked position, t = 499 (w = 1/500).
+        let p = D3pmAbsorbing::new(1000, 0.05, 4);
+        let logits = logits::<B>([-80.0, 0.0, 0.0, 0.0].repeat(2), [1, 2, 4]);
+        let x0 = tokens(vec![vec![0, 0]]);
+        let x_next = tokens(vec![vec![3, 0]]);
+        let t = [499];
+        let terms = p.token_terms_from_logits(logits.clone(), x0.clone(), x_next.clone(), &t);
+        let kl = floats(terms.kl);
+        let reference = floats(p.reference_posteriors(logits, x0, x_next, &t).kl());
+
+        let w = 1.0 / 500.0;
+        let ce = 80.0 + 2f64.ln();
+        assert!((kl[0] as f64 - w * ce).abs() < 1e-5, "{}", kl[0]);
+        assert_eq!(kl[1], 0.0);
+        // The reference: −w·log(p_θ(x_0) + ε/ᾱ_t) ≈ w·log(ᾱ_t/ε) at the masked token, and
+        // log((2 − β)/(1 − β)) at the unmasked one.
+        let capped = w * (p.alpha_bars()[499] as f64 / 1e-20).ln();
+        assert!(
+            (reference[0] as f64 - capped).abs() < 1e-4,
+            "{} vs {capped}",
+            reference[0]
+        );
+        let beta = p.betas()[500] as f64;
+        let unmasked = ((2.0 - beta) / (1.0 - beta)).ln();
+        assert!(
+            (reference[1] as f64 - unmasked).abs() < 1e-3,
+            "{} vs {unmasked}",
+            reference[1]
+        );
     }
 
     #[test]

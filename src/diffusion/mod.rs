@@ -12,7 +12,9 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
 use rand::Rng;
 
-pub use absorbing::{D3pmAbsorbing, LossTrace, ReverseMode, TokenTerms, sample_categorical};
+pub use absorbing::{
+    D3pmAbsorbing, LossTrace, ReferencePosteriors, ReverseMode, TokenTerms, sample_categorical,
+};
 pub use stats::{LossStats, Moments};
 pub use time_sampler::{local_times, sample_times};
 
