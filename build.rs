@@ -1,8 +1,13 @@
-//! Records the git commit the binary is built from, so every run.json can say which code ran.
+//! Records the git commit the binary is built from, so every run.json can say which code ran,
+//! and with the `tch` feature, where LibTorch is.
 //!
 //! Sets `DDEXP_GIT_COMMIT` (full hash) and `DDEXP_GIT_DIRTY` ("true"/"false": tracked files
 //! differ from the commit) when the crate is built inside a git checkout with `git` on the PATH;
 //! sets nothing otherwise (a crates.io tarball, no git), and run.json then records no commit.
+//!
+//! With `tch`, the LibTorch library folder that torch-sys linked against goes into the run path
+//! of every binary of the package, so `ddexp` (and the tests) find LibTorch without
+//! LD_LIBRARY_PATH. torch-sys reports the folder to crates that depend on it directly.
 
 use std::path::Path;
 use std::process::Command;
@@ -28,6 +33,12 @@ fn main() {
                 println!("cargo:rerun-if-changed={}", path.display());
             }
         }
+    }
+
+    if std::env::var_os("CARGO_FEATURE_TCH").is_some()
+        && let Ok(dir) = std::env::var("DEP_TCH_LIBTORCH_LIB")
+    {
+        println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
     }
 
     if let Some(commit) = git(&["rev-parse", "HEAD"]) {

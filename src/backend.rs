@@ -26,6 +26,12 @@ pub enum Backend {
     Cpu,
     /// burn-cuda on NVIDIA GPUs; needs a binary built with `--features cuda`.
     Cuda,
+    /// LibTorch (PyTorch's C++ library, through burn-tch) on the CPU; needs a binary built
+    /// with `--features tch`.
+    LibTorch,
+    /// LibTorch on NVIDIA GPUs; needs a binary built with `--features tch` against a LibTorch
+    /// with CUDA.
+    LibTorchCuda,
 }
 
 /// What kind of hardware a backend's device indices name, which decides how a sweep shares
@@ -46,6 +52,10 @@ pub struct Memory {
     pub what: &'static str,
 }
 
+/// How to build against LibTorch.
+const LIBTORCH_SETUP: &str =
+    "install LibTorch with `eval \"$(scripts/libtorch.sh)\"` (`--cpu` for a CPU-only one)";
+
 /// What ddexp knows about a backend, in one place per backend.
 struct Facts {
     /// The name on the command line (`--backend cpu`).
@@ -58,11 +68,18 @@ struct Facts {
     hardware: Hardware,
     /// The Burn backend behind it, for labels.
     library: &'static str,
+    /// How to get what the cargo feature builds against, if anything beyond the registries.
+    setup: Option<&'static str>,
 }
 
 impl Backend {
     /// Every backend, built into this binary or not.
-    pub const ALL: [Backend; 2] = [Backend::Cpu, Backend::Cuda];
+    pub const ALL: [Backend; 4] = [
+        Backend::Cpu,
+        Backend::Cuda,
+        Backend::LibTorch,
+        Backend::LibTorchCuda,
+    ];
 
     fn facts(self) -> Facts {
         match self {
@@ -73,6 +90,7 @@ impl Backend {
                 built: true,
                 hardware: Hardware::Cpu,
                 library: "flex",
+                setup: None,
             },
             Backend::Cuda => Facts {
                 name: "cuda",
@@ -81,6 +99,25 @@ impl Backend {
                 built: cfg!(feature = "cuda"),
                 hardware: Hardware::CudaGpus,
                 library: "burn-cuda",
+                setup: None,
+            },
+            Backend::LibTorch => Facts {
+                name: "libtorch",
+                title: "LibTorch",
+                feature: Some("tch"),
+                built: cfg!(feature = "tch"),
+                hardware: Hardware::Cpu,
+                library: "burn-tch",
+                setup: Some(LIBTORCH_SETUP),
+            },
+            Backend::LibTorchCuda => Facts {
+                name: "libtorch-cuda",
+                title: "LibTorch",
+                feature: Some("tch"),
+                built: cfg!(feature = "tch"),
+                hardware: Hardware::CudaGpus,
+                library: "burn-tch",
+                setup: Some(LIBTORCH_SETUP),
             },
         }
     }
@@ -111,12 +148,23 @@ impl Backend {
         self.facts().hardware
     }
 
+    /// The Burn backend behind it (`flex`, `burn-cuda`, ...).
+    pub fn library(self) -> &'static str {
+        self.facts().library
+    }
+
     /// What to tell a user who asks for a backend this binary lacks.
     pub fn missing_message(self) -> String {
-        let Facts { title, feature, .. } = self.facts();
+        let Facts {
+            title,
+            feature,
+            setup,
+            ..
+        } = self.facts();
         let feature = feature.unwrap_or_default();
+        let setup = setup.map(|s| format!("{s}, then ")).unwrap_or_default();
         format!(
-            "this ddexp was built without {title}; rebuild with `cargo build --release \
+            "this ddexp was built without {title}; {setup}rebuild with `cargo build --release \
              --features {feature}` to use it, or run on the CPU (topology.backend: Cpu in an \
              experiment, --backend cpu for eval and sample)"
         )
@@ -128,6 +176,58 @@ impl Backend {
             bail!(self.missing_message());
         }
         Ok(())
+    }
+}
+
+/// One device a backend sees on this machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// The index an experiment's `topology.devices` uses.
+    pub index: usize,
+    pub name: String,
+    /// Total memory, where the backend tells.
+    pub memory: Option<u64>,
+}
+
+impl Backend {
+    /// The devices this backend sees here. An error says why it sees none (not built in, no
+    /// driver, ...).
+    pub fn devices(self) -> Result<Vec<DeviceInfo>> {
+        self.require_built()?;
+        match self {
+            Backend::Cpu => Ok(vec![cpu()]),
+            #[cfg(feature = "tch")]
+            Backend::LibTorch => {
+                let mut cpu = cpu();
+                cpu.name = format!("{} ({} LibTorch threads)", cpu.name, tch::get_num_threads());
+                Ok(vec![cpu])
+            }
+            #[cfg(feature = "tch")]
+            Backend::LibTorchCuda => Ok(libtorch::devices()),
+            #[allow(unreachable_patterns)] // every backend may be built in
+            missing => Err(anyhow::anyhow!(missing.missing_message())),
+        }
+    }
+}
+
+/// The CPU as one device: its model, cores and memory (Linux; less elsewhere).
+fn cpu() -> DeviceInfo {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name")?.split(':').nth(1))
+        .map_or("CPU", str::trim);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let memory = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map(|kib| kib * 1024);
+    DeviceInfo {
+        index: 0,
+        name: format!("{model}, {cores} cores"),
+        memory,
     }
 }
 
@@ -145,7 +245,7 @@ impl<B: burn::tensor::backend::Backend> Devices<B> {
     /// e.g. `cpu (flex)` or `cuda:1`.
     pub fn label(&self) -> String {
         match self.backend.hardware() {
-            Hardware::Cpu => format!("{} ({})", self.backend.name(), self.backend.facts().library),
+            Hardware::Cpu => format!("{} ({})", self.backend.name(), self.backend.library()),
             Hardware::CudaGpus => format!("{}:{}", self.backend.name(), self.indices[0]),
         }
     }
@@ -184,6 +284,23 @@ pub fn run<J: Job>(backend: Backend, indices: &[usize], job: J) -> Result<J::Out
                 .collect::<Result<_>>()?,
             indices,
             memory: cuda::reserved,
+        }),
+        #[cfg(feature = "tch")]
+        Backend::LibTorch => job.run(&Devices::<burn::backend::LibTorch> {
+            backend,
+            devices: vec![burn::backend::libtorch::LibTorchDevice::Cpu; indices.len()],
+            indices,
+            memory: |_| peak_resident_set(),
+        }),
+        #[cfg(feature = "tch")]
+        Backend::LibTorchCuda => job.run(&Devices::<burn::backend::LibTorch> {
+            backend,
+            devices: indices
+                .iter()
+                .map(|&i| libtorch::cuda_device(i))
+                .collect::<Result<_>>()?,
+            indices,
+            memory: |_| None,
         }),
         #[allow(unreachable_patterns)] // every backend may be built in
         missing => Err(anyhow::anyhow!(missing.missing_message())),
@@ -236,6 +353,36 @@ mod cuda {
             bytes: usage.bytes_reserved,
             what: "reserved by the CUDA allocator",
         })
+    }
+}
+
+#[cfg(feature = "tch")]
+mod libtorch {
+    use burn::backend::libtorch::LibTorchDevice;
+
+    /// CUDA device `index` as LibTorch sees it, checked: LibTorch without CUDA (a CPU-only
+    /// install) or a missing GPU is an error, not a panic at the first tensor.
+    pub fn cuda_device(index: usize) -> anyhow::Result<LibTorchDevice> {
+        let count = tch::Cuda::device_count().max(0) as usize;
+        if index >= count {
+            anyhow::bail!(
+                "cannot use CUDA device {index} with LibTorch: it sees {count} CUDA device(s) \
+                 (a CPU-only LibTorch sees none: install the full one with \
+                 `eval \"$(scripts/libtorch.sh)\"` and rebuild; `nvidia-smi` lists the GPUs)"
+            );
+        }
+        Ok(LibTorchDevice::Cuda(index))
+    }
+
+    /// The CUDA devices LibTorch sees (it does not tell their names or memory).
+    pub fn devices() -> Vec<super::DeviceInfo> {
+        (0..tch::Cuda::device_count().max(0) as usize)
+            .map(|index| super::DeviceInfo {
+                index,
+                name: format!("CUDA device {index}"),
+                memory: None,
+            })
+            .collect()
     }
 }
 

@@ -11,6 +11,7 @@
 //! - [`diffusion`]: the processes — noise, loss, reverse step, time samplers;
 //! - [`results`]: what a run writes (run folders, CSV logs, charts);
 //! - [`checkpoint`]: weights on disk (checkpoints, model folders, nanoDD imports);
+//! - [`parity`]: agreement with tensors recorded from the reference implementation;
 //! - [`eval`]: bits/token on a split;
 //! - [`train`]: the training loop, its topology and `ddexp bench`;
 //! - [`sample`]: ancestral sampling;
@@ -33,6 +34,8 @@ pub mod diffusion;
 pub mod results;
 
 pub mod checkpoint;
+
+pub mod parity;
 
 pub mod eval;
 

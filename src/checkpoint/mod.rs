@@ -25,7 +25,8 @@ pub use model_folder::{
     write_model_folder,
 };
 pub use nanodd::{
-    ModelArgs, NanoddCheckpoint, import_nanodd, read_checkpoint as read_nanodd_checkpoint,
+    ModelArgs, NanoddCheckpoint, import_nanodd, load_nanodd,
+    read_checkpoint as read_nanodd_checkpoint,
 };
 pub use open::{CheckpointChoice, LoadedModel, Origin, SavedModel, open};
 pub use training::{BEST, Checkpoint, CheckpointWeights, LATEST};

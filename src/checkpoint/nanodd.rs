@@ -13,13 +13,15 @@ use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
 use burn::backend::Flex;
+use burn::tensor::backend::Backend;
 use burn_store::pytorch::PytorchReader;
 use burn_store::pytorch::reader::PickleValue;
 
 use super::model_folder::{
-    FORMAT, FORMAT_VERSION, ImportSummary, ModelInfo, ensure_free, model_state_dict, split_checked,
-    write_model_folder,
+    FORMAT, FORMAT_VERSION, ImportSummary, ModelInfo, ensure_free, model_state_dict,
+    network_from_weights, split_checked, write_model_folder,
 };
+use super::open::LoadedModel;
 use crate::diffusion::Diffusion;
 use crate::model::{Dit, DitConfig, StateDict, WeightSet, as_f32};
 use crate::spec;
@@ -205,6 +207,28 @@ fn kind(value: &PickleValue) -> String {
         PickleValue::Dict(_) => "dict".into(),
         PickleValue::Bytes(_) => "bytes".into(),
     }
+}
+
+/// The `which` weights of a nanoDD checkpoint as a model on `device`, checked against the
+/// checkpoint's model_args as an import checks them, without writing a model folder.
+pub fn load_nanodd<B: Backend>(
+    ckpt: &Path,
+    which: WeightSet,
+    device: &B::Device,
+) -> Result<LoadedModel<B>> {
+    let checkpoint = read_checkpoint(ckpt, which)?;
+    let args = &checkpoint.model_args;
+    let (experiment, _) = experiment_from_args(ckpt, args, &checkpoint.training_args);
+    let (diffusion, net) =
+        network_from_weights(&checkpoint.weights, &experiment, args.vocab_size, device)
+            .with_context(|| {
+                format!(
+                    "{}: the `{}` weights do not match the checkpoint's model_args {args:?}",
+                    ckpt.display(),
+                    which.name()
+                )
+            })?;
+    Ok(LoadedModel { diffusion, net })
 }
 
 /// `ddexp import nanodd CKPT --out DIR --weights ema|model`.

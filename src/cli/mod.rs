@@ -12,9 +12,11 @@ use crate::model::WeightSet;
 
 mod bench;
 mod data;
+mod doctor;
 mod eval;
 mod experiments;
 mod import;
+mod parity;
 mod report;
 mod run;
 mod sample;
@@ -31,6 +33,7 @@ Workflow:
   ddexp schema                                 regenerate schemas/ from the Rust types
   ddexp sweep experiments/lds_vs_uniform/      run every member of a sweep folder (resumable)
   ddexp report [RUN|SWEEP|EXPERIMENT]...       compare runs: charts, tables, summary.csv
+  ddexp doctor                                 backends and devices here, and a self-check
 
 Every command that takes an experiment also takes --set path=value (RON syntax), e.g.
   --set train.lr=3e-4 --set sampler=Uniform --set \"topology.devices=[0, 1]\"";
@@ -75,6 +78,25 @@ See docs/topology.md for several GPUs and machines.")]
   ddexp bench experiments/d3pm_text8.ron --set train.grad_accum=1 --steps 20
   ddexp bench experiments/d3pm_text8.ron --set topology.backend=Cpu --set train.batch_size=4 --set train.grad_accum=1 --steps 3")]
     Bench(bench::BenchArgs),
+    /// List the backends and devices this binary can use, and check one against flex.
+    #[command(after_help = "Examples:
+  ddexp doctor                      # the first GPU backend that sees a device, else the CPU
+  ddexp doctor --backend cuda --device 1
+  ddexp doctor --backend wgpu --probe 10
+
+The check trains one step of a small network on the device and on flex (the pure-Rust CPU
+backend) from the same weights and inputs, compares logits, loss, gradients, optimiser state
+and weights, then times steps for --probe seconds. Exit status 1 when the check fails.")]
+    Doctor(doctor::DoctorArgs),
+    /// Compute the nanoDD fixtures again on a backend and compare with the recorded tensors.
+    #[command(after_help = "Examples:
+  ddexp parity                                  # the fixtures in tests/fixtures/nanodd, on flex
+  ddexp parity tests/fixtures/nanodd --backend cuda
+
+Every recorded tensor of every case and weight set is compared: intermediates, logits,
+posteriors, per-token KL and CE, the loss, reverse steps and every gradient. Exit status 1
+when any relative error exceeds 1e-4.")]
+    Parity(parity::ParityArgs),
     /// Check experiment files: RON syntax, the JSON Schema, and semantic rules.
     #[command(after_help = "Examples:
   ddexp validate experiments/
@@ -164,7 +186,7 @@ impl ModelChoice {
     }
 }
 
-fn parse_backend(name: &str) -> Result<Backend, String> {
+pub(crate) fn parse_backend(name: &str) -> Result<Backend, String> {
     Backend::from_name(name).ok_or_else(|| {
         let names: Vec<&str> = Backend::ALL.iter().map(|b| b.name()).collect();
         format!(
@@ -181,6 +203,8 @@ pub fn main() -> ExitCode {
         Command::Eval(args) => eval::run(args),
         Command::Sample(args) => sample::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Doctor(args) => doctor::run(args),
+        Command::Parity(args) => parity::run(args),
         Command::Validate { paths, overrides } => experiments::validate(&paths, &overrides.set),
         Command::Schema { check, dir } => experiments::schema(check, &dir),
         Command::Sweep(args) => sweep::run(args),

@@ -12,6 +12,7 @@
 
 pub mod bench;
 pub mod collective;
+pub mod doctor;
 pub mod ema;
 mod interrupt;
 pub mod launch;
