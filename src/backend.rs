@@ -32,6 +32,10 @@ pub enum Backend {
     /// LibTorch on NVIDIA GPUs; needs a binary built with `--features tch` against a LibTorch
     /// with CUDA.
     LibTorchCuda,
+    /// burn-wgpu on any GPU with Vulkan, Metal or DirectX 12 (AMD, Intel, Apple, NVIDIA), and
+    /// on the CPU through a software Vulkan driver such as Mesa's lavapipe; needs a binary
+    /// built with `--features wgpu`.
+    Wgpu,
 }
 
 /// What kind of hardware a backend's device indices name, which decides how a sweep shares
@@ -42,6 +46,9 @@ pub enum Hardware {
     Cpu,
     /// NVIDIA GPUs, numbered as CUDA numbers them (so `CUDA_VISIBLE_DEVICES` selects them).
     CudaGpus,
+    /// The adapters of a graphics API, numbered as `ddexp doctor` lists them; no environment
+    /// variable partitions them, so members running at once share them.
+    Adapters,
 }
 
 /// Memory a job's device holds, as the backend can tell.
@@ -74,11 +81,12 @@ struct Facts {
 
 impl Backend {
     /// Every backend, built into this binary or not.
-    pub const ALL: [Backend; 4] = [
+    pub const ALL: [Backend; 5] = [
         Backend::Cpu,
         Backend::Cuda,
         Backend::LibTorch,
         Backend::LibTorchCuda,
+        Backend::Wgpu,
     ];
 
     fn facts(self) -> Facts {
@@ -118,6 +126,15 @@ impl Backend {
                 hardware: Hardware::CudaGpus,
                 library: "burn-tch",
                 setup: Some(LIBTORCH_SETUP),
+            },
+            Backend::Wgpu => Facts {
+                name: "wgpu",
+                title: "wgpu",
+                feature: Some("wgpu"),
+                built: cfg!(feature = "wgpu"),
+                hardware: Hardware::Adapters,
+                library: "burn-wgpu",
+                setup: None,
             },
         }
     }
@@ -202,8 +219,12 @@ impl Backend {
                 cpu.name = format!("{} ({} LibTorch threads)", cpu.name, tch::get_num_threads());
                 Ok(vec![cpu])
             }
+            #[cfg(feature = "cuda")]
+            Backend::Cuda => cuda::devices(),
             #[cfg(feature = "tch")]
             Backend::LibTorchCuda => Ok(libtorch::devices()),
+            #[cfg(feature = "wgpu")]
+            Backend::Wgpu => Ok(adapters::devices()),
             #[allow(unreachable_patterns)] // every backend may be built in
             missing => Err(anyhow::anyhow!(missing.missing_message())),
         }
@@ -237,8 +258,8 @@ pub struct Devices<B: burn::tensor::backend::Backend> {
     /// The experiment's device indices, one per device below.
     pub indices: Vec<usize>,
     pub devices: Vec<B::Device>,
-    /// How to read the memory device `indices[i]` holds, where the backend can tell.
-    memory: fn(usize) -> Option<Memory>,
+    /// How to read the memory a device holds, where the backend can tell.
+    memory: fn(&B::Device) -> Option<Memory>,
 }
 
 impl<B: burn::tensor::backend::Backend> Devices<B> {
@@ -246,13 +267,15 @@ impl<B: burn::tensor::backend::Backend> Devices<B> {
     pub fn label(&self) -> String {
         match self.backend.hardware() {
             Hardware::Cpu => format!("{} ({})", self.backend.name(), self.backend.library()),
-            Hardware::CudaGpus => format!("{}:{}", self.backend.name(), self.indices[0]),
+            Hardware::CudaGpus | Hardware::Adapters => {
+                format!("{}:{}", self.backend.name(), self.indices[0])
+            }
         }
     }
 
     /// Memory the first device holds now (the resident set on the CPU, which only grows).
     pub fn memory(&self) -> Option<Memory> {
-        (self.memory)(self.indices[0])
+        (self.memory)(&self.devices[0])
     }
 }
 
@@ -284,6 +307,16 @@ pub fn run<J: Job>(backend: Backend, indices: &[usize], job: J) -> Result<J::Out
                 .collect::<Result<_>>()?,
             indices,
             memory: cuda::reserved,
+        }),
+        #[cfg(feature = "wgpu")]
+        Backend::Wgpu => job.run(&Devices::<burn::backend::Wgpu> {
+            backend,
+            devices: indices
+                .iter()
+                .map(|&i| adapters::device(i))
+                .collect::<Result<_>>()?,
+            indices,
+            memory: adapters::reserved,
         }),
         #[cfg(feature = "tch")]
         Backend::LibTorch => job.run(&Devices::<burn::backend::LibTorch> {
@@ -320,38 +353,165 @@ fn peak_resident_set() -> Option<Memory> {
 
 #[cfg(feature = "cuda")]
 mod cuda {
-    use super::Memory;
+    use anyhow::{Context, bail};
+    use burn::backend::cuda::CudaDevice;
+    use cudarc::driver::result;
+
+    use super::{DeviceInfo, Memory};
+
+    /// The GPUs the CUDA driver reports. Asked of the driver directly: the runtime panics
+    /// where the driver is missing.
+    pub fn devices() -> anyhow::Result<Vec<DeviceInfo>> {
+        // SAFETY: only looks for the driver library; nothing in it is called.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            bail!("the NVIDIA driver (libcuda.so) is not installed");
+        }
+        result::init().context("the CUDA driver does not start")?;
+        let count = result::device::get_count().context("the CUDA driver lists no devices")?;
+        (0..count)
+            .map(|ordinal| {
+                let device = result::device::get(ordinal)?;
+                // SAFETY: `device` comes from `get`.
+                let memory = unsafe { result::device::total_mem(device) }.ok();
+                Ok(DeviceInfo {
+                    index: ordinal as usize,
+                    name: result::device::get_name(device)?,
+                    memory: memory.map(|bytes| bytes as u64),
+                })
+            })
+            .collect::<Result<_, cudarc::driver::DriverError>>()
+            .context("the CUDA driver cannot describe its devices")
+    }
 
     /// CUDA device `index`, checked: a machine without the driver or without that device
     /// gives an error that says so instead of a panic deep inside the runtime.
-    pub fn device(index: usize) -> anyhow::Result<burn::backend::cuda::CudaDevice> {
+    pub fn device(index: usize) -> anyhow::Result<CudaDevice> {
         use burn::tensor::Tensor;
-        let device = burn::backend::cuda::CudaDevice::new(index);
+        let seen = devices().with_context(|| format!("cannot use CUDA device {index}"))?;
+        if index >= seen.len() {
+            bail!(
+                "cannot use CUDA device {index}: the driver sees {} GPU(s) (`nvidia-smi` lists \
+                 them; CUDA_VISIBLE_DEVICES may hide some)",
+                seen.len()
+            );
+        }
+        let device = CudaDevice::new(index);
         let probe = std::panic::catch_unwind(|| {
             let t = Tensor::<burn::backend::Cuda, 1>::from_floats([1.0, 2.0], &device);
             t.sum().into_scalar()
         });
         match probe {
             Ok(_) => Ok(device),
-            Err(panic) => anyhow::bail!(
-                "cannot use CUDA device {index}: {}\n(is the NVIDIA driver installed and does \
-                 this machine have a GPU with that index? `nvidia-smi` lists them)",
+            Err(panic) => bail!(
+                "cannot use CUDA device {index} ({}): {}",
+                seen[index].name,
                 super::panic_message(&*panic)
             ),
         }
     }
 
-    /// Bytes the CUDA allocator holds on device `index` (what the process costs the GPU,
-    /// padding and pooled blocks included).
-    pub fn reserved(index: usize) -> Option<Memory> {
+    /// Bytes the CUDA allocator holds on `device` (what the process costs the GPU, padding
+    /// and pooled blocks included).
+    pub fn reserved(device: &CudaDevice) -> Option<Memory> {
         use burn::cubecl::Runtime;
-        let device = burn::backend::cuda::CudaDevice::new(index);
-        let usage = burn::cubecl::cuda::CudaRuntime::client(&device)
+        let usage = burn::cubecl::cuda::CudaRuntime::client(device)
             .memory_usage()
             .ok()?;
         Some(Memory {
             bytes: usage.bytes_reserved,
             what: "reserved by the CUDA allocator",
+        })
+    }
+}
+
+#[cfg(feature = "wgpu")]
+mod adapters {
+    use anyhow::bail;
+    use burn::backend::wgpu::WgpuDevice;
+    use wgpu::{Adapter, DeviceType};
+
+    use super::{DeviceInfo, Memory};
+
+    /// The graphics API cubecl runs on here.
+    #[cfg(target_os = "macos")]
+    const API: wgpu::Backends = wgpu::Backends::METAL;
+    #[cfg(not(target_os = "macos"))]
+    const API: wgpu::Backends = wgpu::Backends::VULKAN;
+
+    /// The adapters of that API, in the order device indices count them.
+    fn adapters() -> Vec<Adapter> {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+            backends: API,
+            ..wgpu::InstanceDescriptor::new_without_display_handle()
+        });
+        ready(instance.enumerate_adapters(API))
+    }
+
+    /// The value of a future that is ready at once (native adapter enumeration is).
+    fn ready<F: Future>(future: F) -> F::Output {
+        let mut future = std::pin::pin!(future);
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        loop {
+            if let std::task::Poll::Ready(value) = future.as_mut().poll(&mut context) {
+                return value;
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    pub fn devices() -> Vec<DeviceInfo> {
+        adapters()
+            .iter()
+            .enumerate()
+            .map(|(index, adapter)| {
+                let info = adapter.get_info();
+                DeviceInfo {
+                    index,
+                    name: format!(
+                        "{} ({:?} {:?}, {} {})",
+                        info.name, info.backend, info.device_type, info.driver, info.driver_info
+                    ),
+                    memory: None,
+                }
+            })
+            .collect()
+    }
+
+    /// Adapter `index` as cubecl names it: by its type and its position among adapters of
+    /// that type. Asked of wgpu first: cubecl panics where no adapter matches.
+    pub fn device(index: usize) -> anyhow::Result<WgpuDevice> {
+        let adapters = adapters();
+        let Some(adapter) = adapters.get(index) else {
+            bail!(
+                "cannot use wgpu device {index}: {} {API:?} adapter(s) found (`ddexp doctor` \
+                 lists them; without a GPU, Mesa's software driver lavapipe provides one: \
+                 `apt-get install mesa-vulkan-drivers`)",
+                adapters.len()
+            );
+        };
+        let kind = adapter.get_info().device_type;
+        let ordinal = adapters[..index]
+            .iter()
+            .filter(|a| a.get_info().device_type == kind)
+            .count();
+        Ok(match kind {
+            DeviceType::DiscreteGpu => WgpuDevice::DiscreteGpu(ordinal),
+            DeviceType::IntegratedGpu => WgpuDevice::IntegratedGpu(ordinal),
+            DeviceType::VirtualGpu => WgpuDevice::VirtualGpu(ordinal),
+            DeviceType::Cpu => WgpuDevice::Cpu,
+            DeviceType::Other => WgpuDevice::DefaultDevice,
+        })
+    }
+
+    /// Bytes cubecl's memory pools hold on `device`.
+    pub fn reserved(device: &WgpuDevice) -> Option<Memory> {
+        use burn::cubecl::Runtime;
+        let usage = burn::backend::wgpu::WgpuRuntime::client(device)
+            .memory_usage()
+            .ok()?;
+        Some(Memory {
+            bytes: usage.bytes_reserved,
+            what: "reserved by the wgpu allocator",
         })
     }
 }

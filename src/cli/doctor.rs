@@ -23,9 +23,10 @@ pub struct DoctorArgs {
 }
 
 /// Backends in the order `ddexp doctor` prefers them when not told which to check.
-const PREFERENCE: [Backend; 4] = [
+const PREFERENCE: [Backend; 5] = [
     Backend::Cuda,
     Backend::LibTorchCuda,
+    Backend::Wgpu,
     Backend::LibTorch,
     Backend::Cpu,
 ];

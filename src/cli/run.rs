@@ -8,6 +8,7 @@ use anyhow::{Result, bail};
 use clap::Args;
 
 use super::{Interrupted, Overrides};
+use crate::backend::Backend;
 use crate::eval;
 use crate::spec;
 use crate::train::launch::Launch;
@@ -21,6 +22,10 @@ pub struct RunArgs {
     /// Continue a stopped or killed run from its latest checkpoint.
     #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["experiment", "set"])]
     resume: Option<PathBuf>,
+    /// With --resume: continue on this backend instead of the experiment's (e.g. a run
+    /// started on flex, continued with LibTorch); the experiment itself is unchanged.
+    #[arg(long, value_name = "BACKEND", requires = "resume", value_parser = super::parse_backend)]
+    backend: Option<Backend>,
     #[command(flatten)]
     overrides: Overrides,
     /// Folder that holds one folder per experiment.
@@ -74,7 +79,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         return join(&args, &launch);
     }
     let report = match (&args.resume, &args.experiment) {
-        (Some(dir), _) => train::resume_with(dir, &launch)?,
+        (Some(dir), _) => train::resume_with(dir, &launch, args.backend)?,
         (None, Some(file)) => {
             let loaded = spec::load(file, &args.overrides.set)?;
             // A warning that is an error here (Cuda in a CPU-only build) is reported once.

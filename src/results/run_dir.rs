@@ -12,7 +12,7 @@ use super::csv_log::{CsvLog, EvalRow, LogRow, TrainRow, ValRow, retain_rows, tru
 use super::folder_lock::{self, Attempt, FolderLock};
 use super::loss_chart;
 use super::run_info::{RunInfo, RunStatus, now};
-use crate::spec::{self, Experiment};
+use crate::spec::{self, Backend, Experiment};
 
 pub const EXPERIMENT_FILE: &str = "experiment.ron";
 pub const RUN_INFO_FILE: &str = "run.json";
@@ -116,6 +116,17 @@ impl RunDir {
         }
         self.info.claim();
         self.info.checkpoint_iter = Some(checkpoint_iter);
+        self.save_info()
+    }
+
+    /// Records where this session of the run trains, when a resume moves it to another
+    /// backend.
+    pub fn record_devices(&mut self, backend: Backend, devices: &[usize]) -> Result<()> {
+        if (self.info.backend, self.info.devices.as_slice()) == (backend, devices) {
+            return Ok(());
+        }
+        self.info.backend = backend;
+        self.info.devices = devices.to_vec();
         self.save_info()
     }
 

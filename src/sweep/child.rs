@@ -145,9 +145,11 @@ pub fn find_new_run(parent: &Path, before: &HashSet<OsString>, pid: u32) -> Opti
 /// - CUDA: slot s of N owns the GPUs s·W … s·W + W − 1, where W is the largest device index
 ///   plus one over the CUDA members; the child sees only those (`CUDA_VISIBLE_DEVICES`,
 ///   counted within the sweep's own `CUDA_VISIBLE_DEVICES` when that is set).
-/// - CPU: a member's devices are threads of its own process; the N children share the cores,
-///   each with a rayon pool of max(1, cores / N) threads (`RAYON_NUM_THREADS`), unless the
-///   sweep's environment sets `RAYON_NUM_THREADS` itself.
+/// - CPU (flex or LibTorch): a member's devices are threads of its own process; the N
+///   children share the cores, each with max(1, cores / N) threads (`RAYON_NUM_THREADS` for
+///   flex, `OMP_NUM_THREADS` for LibTorch), unless the sweep's environment sets
+///   `RAYON_NUM_THREADS` itself.
+/// - Graphics adapters (wgpu): no variable selects them, so members share them.
 ///
 /// With one member at a time (N = 1) children inherit the environment unchanged.
 #[derive(Debug, Clone, PartialEq)]
@@ -211,9 +213,14 @@ impl Devices {
             return vec![];
         }
         match experiment.topology.backend.hardware() {
+            Hardware::Adapters => vec![],
             Hardware::Cpu => self
                 .cpu_threads
-                .map(|n| vec![("RAYON_NUM_THREADS".to_string(), n.to_string())])
+                .map(|n| {
+                    ["RAYON_NUM_THREADS", "OMP_NUM_THREADS"]
+                        .map(|var| (var.to_string(), n.to_string()))
+                        .to_vec()
+                })
                 .unwrap_or_default(),
             Hardware::CudaGpus => {
                 let owned: Vec<String> = (slot * self.gpus_per_slot
@@ -279,12 +286,18 @@ mod tests {
         let devices = Devices::new(3, [&cpu], None, false, 16).unwrap();
         assert_eq!(
             devices.env(&cpu, 2),
-            [("RAYON_NUM_THREADS".into(), "5".into())]
+            [
+                ("RAYON_NUM_THREADS".into(), "5".into()),
+                ("OMP_NUM_THREADS".into(), "5".into())
+            ]
         );
         let devices = Devices::new(4, [&cpu], None, false, 2).unwrap();
         assert_eq!(
             devices.env(&cpu, 0),
-            [("RAYON_NUM_THREADS".into(), "1".into())]
+            [
+                ("RAYON_NUM_THREADS".into(), "1".into()),
+                ("OMP_NUM_THREADS".into(), "1".into())
+            ]
         );
         // The user's own setting wins; one member at a time changes nothing.
         assert!(

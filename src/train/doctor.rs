@@ -93,13 +93,15 @@ impl SelfCheck {
                 worst.unwrap_or_default()
             ));
         }
-        s.push_str(&format!(
-            "throughput: {:.0} tokens/s over {} training steps of the self-check network \
-             (first step {:.1} s, kernels included)\n",
-            self.tokens_per_s,
-            self.probe_steps,
-            self.first_step.as_secs_f64()
-        ));
+        let first = self.first_step.as_secs_f64();
+        s.push_str(&match self.probe_steps {
+            0 => format!("throughput: not probed (first step {first:.1} s, kernels included)\n"),
+            steps => format!(
+                "throughput: {:.0} tokens/s over {steps} training steps of the self-check \
+                 network (first step {first:.1} s, kernels included)\n",
+                self.tokens_per_s
+            ),
+        });
         s
     }
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 use super::collective::{DEFAULT_TIMEOUT, GlobalLink};
-use crate::spec::{Topology, split_host_port};
+use crate::spec::{Backend, Topology, split_host_port};
 
 /// Launch settings that are not part of the experiment. See [`Launch::from_env`].
 #[derive(Debug, Clone, PartialEq)]
@@ -80,6 +80,8 @@ impl Launch {
 /// This process's place in the topology.
 #[derive(Debug, Clone)]
 pub struct Placement {
+    /// The backend this node's replicas run on (the experiment's, unless a resume moves it).
+    pub backend: Backend,
     pub node_rank: usize,
     /// Peers over all nodes.
     pub world: usize,
@@ -107,6 +109,7 @@ impl Placement {
         }
         let devices = topology.devices.clone();
         let mut placement = Placement {
+            backend: topology.backend,
             node_rank: launch.node_rank,
             world: topology.world_size(),
             first_rank: launch.node_rank * devices.len(),

@@ -68,17 +68,38 @@ pub fn run_with(loaded: &spec::Loaded, results_root: &Path, launch: &Launch) -> 
 
 /// Continues a stopped or killed run from its latest checkpoint, on one node.
 pub fn resume(run_dir: &Path) -> Result<RunReport> {
-    resume_with(run_dir, &Launch::default())
+    resume_with(run_dir, &Launch::default(), None)
 }
 
 /// [`resume`] on node 0 of the run's topology; the other nodes [`join`] it as they did at the
-/// start, and receive the checkpoint's state from node 0.
-pub fn resume_with(run_dir: &Path, launch: &Launch) -> Result<RunReport> {
+/// start, and receive the checkpoint's state from node 0. With `backend`, a one-node run
+/// continues on that backend instead of the experiment's, with as many devices (the same
+/// indices where the hardware is the same kind): the experiment, and so the rest of the run,
+/// is unchanged.
+pub fn resume_with(
+    run_dir: &Path,
+    launch: &Launch,
+    backend: Option<spec::Backend>,
+) -> Result<RunReport> {
     let mut run = RunDir::open(run_dir)?;
     let loaded = spec::load(&run.experiment_path(), &[])?;
-    loaded.require_runnable()?;
     let experiment = &loaded.experiment;
-    let placement = main_placement(experiment, launch)?;
+    let mut placement = main_placement(experiment, launch)?;
+    match backend {
+        None => loaded.require_runnable()?,
+        Some(_) if experiment.topology.nodes > 1 => bail!(
+            "--backend moves a one-node run; this run trains on {} nodes, which would all \
+             have to move",
+            experiment.topology.nodes
+        ),
+        Some(backend) => {
+            backend.require_built()?;
+            if backend.hardware() != placement.backend.hardware() {
+                placement.devices = (0..placement.devices.len()).collect();
+            }
+            placement.backend = backend;
+        }
+    }
     let latest = run.checkpoints_dir().join(checkpoint::LATEST);
     if !latest.is_file() {
         bail!(
@@ -98,6 +119,7 @@ pub fn resume_with(run_dir: &Path, launch: &Launch) -> Result<RunReport> {
     }
     let corpus = data::open(&experiment.dataset)?;
     run.resume(ckpt.iteration, experiment.train.max_iters)?;
+    run.record_devices(placement.backend, &placement.devices)?;
     eprintln!(
         "resuming {} at iteration {}",
         run.path().display(),
@@ -150,7 +172,7 @@ fn main_placement(experiment: &Experiment, launch: &Launch) -> Result<Placement>
     Ok(placement)
 }
 
-/// Trains and evaluates on the experiment's backend, recording the outcome in run.json.
+/// Trains and evaluates on the placement's backend, recording the outcome in run.json.
 fn drive(
     experiment: &Experiment,
     corpus: &Corpus,
@@ -194,7 +216,7 @@ fn guarded<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
     })
 }
 
-/// Trains (and, on node 0, evaluates) on the experiment's backend.
+/// Trains (and, on node 0, evaluates) on the placement's backend.
 fn on_backend(
     experiment: &Experiment,
     corpus: &Corpus,
@@ -209,7 +231,7 @@ fn on_backend(
         start,
         placement,
     };
-    backend::run(experiment.topology.backend, &placement.devices, job)
+    backend::run(placement.backend, &placement.devices, job)
 }
 
 /// Training as a [`backend::Job`]: the backend's devices get an autodiff wrapper.
