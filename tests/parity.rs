@@ -101,7 +101,9 @@ fn run_case(
     let folder = dir.path().join(which.name());
     import_nanodd(&case.join("ckpt.pt"), &folder, which).expect("import");
     let (_, model) = open_model::<B>(&folder, &device);
-    let Diffusion::Absorbing(process) = &model.diffusion;
+    let Diffusion::Absorbing(process) = &model.diffusion else {
+        panic!("nanoDD models are D3PM");
+    };
     let w = which.name();
 
     let get = |name: &str| -> &TensorData {

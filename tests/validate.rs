@@ -411,7 +411,8 @@ fn overrides_reach_defaults_and_variants() {
         e.model,
         ddexp::spec::Process::D3pmAbsorbing {
             timesteps: 1000,
-            lambda_ce: 0.1
+            lambda_ce: 0.1,
+            time_conditioning: true,
         }
     );
     assert_eq!(e.train.ema.beta, 0.5);
