@@ -30,7 +30,7 @@
 //! The network sees the noise level σ_t = −ln α_t (MDLM's conditioning) or, time-free, a
 //! constant.
 
-use burn::tensor::activation::log_softmax;
+use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData, s};
 use rand::Rng;
@@ -254,7 +254,7 @@ impl Mdlm {
 
     /// p_θ(x_0) [B, L, K] from the network's output: the softmax with the mask column removed.
     pub fn x0_probs<B: Backend>(&self, logits: Tensor<B, 3>) -> Tensor<B, 3> {
-        burn::tensor::activation::softmax(self.remove_mask_column(logits), 2)
+        softmax(self.remove_mask_column(logits), 2)
     }
 
     /// The network output with the mask column set to −∞.
