@@ -44,7 +44,7 @@ fn main() {
             1,
             iteration,
             BATCH,
-            diffusion.timesteps(),
+            diffusion.training_range(),
         );
         let mut noise = rng::rows(1, Stream::Noise, &[iteration], 0..BATCH as u64);
         let out = diffusion.loss(&net, x0.clone(), &t, &mut noise);

@@ -1,11 +1,17 @@
 //! Bits/token on a split: `ddexp eval`, and the final evaluation of a run.
 //!
-//! The negative log-likelihood of a sequence is bounded by the T-step variational bound
-//! L_T = Σ_{t=1}^{T−1} KL_t + CE_0 (the prior term is zero: at t = T every token is the mask
-//! under both q and p). The estimator splits it into two independent terms:
-//! the KL term, (T − 1) × the mean per-token KL at t uniform in {1, …, T−1}, and the
-//! reconstruction term, the mean per-token CE at t = 0. Each is a mean over sequences with
-//! a standard error; their sum in bits is the estimate and the errors add in quadrature.
+//! The negative log-likelihood of a sequence is bounded by the process's variational bound,
+//! which the estimator splits into two independent terms:
+//! - D3PM: L_T = Σ_{t=1}^{T−1} KL_t + CE_0 (the prior term is zero: at t = T every token is
+//!   the mask under both q and p). The KL term is (T − 1) × the mean per-token KL at t
+//!   uniform in {1, …, T−1}, the reconstruction term the mean per-token CE at t = 0.
+//! - MDLM: the continuous-time NELBO split at t_min. The KL term is the diffusion term,
+//!   (1 − t_min) × the mean per-token integrand w(t)·(−log p_θ(x_0 | x_t)) at t uniform in
+//!   [t_min, 1); the reconstruction term is the mean per-token −log p_θ(x_0 | x_{t_min}) of
+//!   the positions masked at t_min (see [`crate::diffusion::Mdlm`]).
+//!
+//! Each term is a mean over sequences with a standard error; their sum in bits is the
+//! estimate and the errors add in quadrature.
 //! Batches come from the split's fixed evaluation stream, and times and noise from a seed
 //! of their own, so two evaluations with the same settings see exactly the same tokens.
 //! EMA weights are the default.
@@ -18,13 +24,12 @@ use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use burn::tensor::backend::Backend;
 use indicatif::{ProgressBar, ProgressStyle};
-use rand::Rng;
 use serde::Serialize;
 
 use crate::backend::{self, DeviceChoice, Devices, Job};
 use crate::checkpoint::{self, CheckpointChoice, SavedModel};
 use crate::data::{self, Corpus};
-use crate::diffusion::{Diffusion, Moments};
+use crate::diffusion::{Bound, Diffusion, Moments};
 use crate::model::{Dit, WeightSet, token_tensor};
 use crate::results::stats::plus_minus;
 use crate::results::{EvalRow, RunDir};
@@ -77,8 +82,8 @@ pub struct Running {
 
 impl Running {
     /// The estimate from the batches so far (NaN terms until each has a batch).
-    pub fn estimate(&self, split: Split, timesteps: usize) -> Estimate {
-        let scale = (timesteps - 1) as f64 / LN_2;
+    pub fn estimate(&self, split: Split, bound: Bound) -> Estimate {
+        let scale = bound.kl_weight / LN_2;
         Estimate {
             split,
             kl: Term {
@@ -107,21 +112,16 @@ pub fn estimate<B: Backend>(
     mut progress: impl FnMut(u64, &Running) -> ControlFlow<()>,
 ) -> Option<Estimate> {
     let device = net.devices()[0].clone();
-    let timesteps = diffusion.timesteps();
     let mut running = Running::default();
     let total = settings.kl_batches + settings.recon_batches;
     for batch in 0..total {
         let is_kl = batch < settings.kl_batches;
         let mut rng = rng::rng(settings.seed, Stream::EvalTimes, &[split as u64, batch]);
-        let times: Vec<usize> = (0..settings.batch_size)
-            .map(|_| {
-                if is_kl {
-                    rng.random_range(1..timesteps)
-                } else {
-                    0
-                }
-            })
-            .collect();
+        let times = if is_kl {
+            diffusion.kl_range().uniform(&mut rng, settings.batch_size)
+        } else {
+            diffusion.recon_times(settings.batch_size)
+        };
         let ids = corpus.eval_batch(split, batch, settings.batch_size);
         let x0 = token_tensor::<B>(&ids, settings.batch_size, corpus.seq_len(), &device);
         let rows = 0..settings.batch_size as u64;
@@ -141,7 +141,7 @@ pub fn estimate<B: Backend>(
             return None;
         }
     }
-    Some(running.estimate(split, timesteps))
+    Some(running.estimate(split, diffusion.bound()))
 }
 
 /// `ddexp eval`'s choices; `None` takes the experiment's eval section.
@@ -172,7 +172,10 @@ pub struct EvalReport {
     /// Optimiser steps behind the weights, when known.
     pub iteration: Option<u64>,
     pub dataset: String,
-    pub timesteps: usize,
+    /// The process, in words.
+    pub process: String,
+    /// T of a discrete-time process (`null` for MDLM).
+    pub timesteps: Option<usize>,
     pub kl_batches: u64,
     pub recon_batches: u64,
     pub batch_size: usize,
@@ -294,6 +297,7 @@ pub fn evaluate_model(model: &Path, options: &EvalOptions) -> Result<EvalReport>
         weights: opened.weights,
         iteration: opened.iteration(),
         dataset: corpus.description().to_string(),
+        process: Diffusion::new(&experiment.model, opened.vocab_size).describe(),
         timesteps: experiment.model.timesteps(),
         kl_batches: settings.kl_batches,
         recon_batches: settings.recon_batches,
@@ -378,10 +382,10 @@ pub fn evaluate_with_progress<B: Backend>(
             .expect("a valid template"),
     );
     bar.set_prefix(format!("eval {split}"));
-    let timesteps = diffusion.timesteps();
+    let bound = diffusion.bound();
     let estimate = estimate(net, diffusion, corpus, split, settings, |done, running| {
         bar.set_position(done);
-        let e = running.estimate(split, timesteps);
+        let e = running.estimate(split, bound);
         if e.kl.sequences > 1 {
             bar.set_message(format!(
                 "{:.4} ± {:.4} bits/token",

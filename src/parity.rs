@@ -217,7 +217,9 @@ fn run_case<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<Vec<Row>> {
     let model = load_nanodd::<B>(&case.join("ckpt.pt"), which, device)?;
-    let Diffusion::Absorbing(process) = &model.diffusion;
+    let Diffusion::Absorbing(process) = &model.diffusion else {
+        bail!("{}: nanoDD checkpoints hold D3PM models", case.display());
+    };
     let w = which.name();
 
     let get = |name: &str| -> Result<&TensorData> {

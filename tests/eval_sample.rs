@@ -18,7 +18,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use common::fixtures::open_model;
 use ddexp::checkpoint::import_nanodd;
 use ddexp::data::{self, MASK_GLYPH, PrepareText, PrepareText8, TEXT8_ALPHABET, Text8Source};
-use ddexp::diffusion::Moments;
+use ddexp::diffusion::{Moments, Times};
 use ddexp::model::WeightSet;
 use ddexp::rng::{self, Stream};
 use ddexp::sample::{AncestralSampler, SampleSettings, Sampled, sample_with};
@@ -156,7 +156,7 @@ fn eval_reports_the_terms_the_model_code_computes_on_the_same_batches() {
     // (seed, EvalTimes, [split, batch]) and noise per sequence from (seed, EvalNoise, ...).
     let device = Default::default();
     let (saved, loaded) = open_model::<Flex>(&model, &device);
-    let timesteps = saved.experiment.model.timesteps();
+    let timesteps = saved.experiment.model.timesteps().unwrap();
     let corpus = data::open(&Dataset::Text8 {
         root: root.clone(),
         seq_len: 256,
@@ -171,15 +171,17 @@ fn eval_reports_the_terms_the_model_code_computes_on_the_same_batches() {
         for batch in 0..kl_batches + recon_batches {
             let is_kl = batch < kl_batches;
             let mut times_rng = rng::rng(seed, Stream::EvalTimes, &[split as u64, batch]);
-            let times: Vec<usize> = (0..batch_size)
-                .map(|_| {
-                    if is_kl {
-                        times_rng.random_range(1..timesteps)
-                    } else {
-                        0
-                    }
-                })
-                .collect();
+            let times = Times::Steps(
+                (0..batch_size)
+                    .map(|_| {
+                        if is_kl {
+                            times_rng.random_range(1..timesteps)
+                        } else {
+                            0
+                        }
+                    })
+                    .collect(),
+            );
             let ids: Vec<i64> = corpus
                 .eval_batch(split, batch, batch_size)
                 .into_iter()
@@ -602,9 +604,9 @@ fn draws(settings: SampleSettings, batches: u64) -> Vec<Sampled> {
     let (_, loaded) = open_model::<Flex>(&model, &device);
     (0..batches)
         .map(|seed| {
-            let network = |x: Tensor<Flex, 2, Int>, s: usize| {
+            let network = |x: Tensor<Flex, 2, Int>, time: f32| {
                 let b = x.dims()[0];
-                let t = Tensor::from_data(TensorData::new(vec![s as f32; b], [b]), &device);
+                let t = Tensor::from_data(TensorData::new(vec![time; b], [b]), &device);
                 loaded.net.forward(x, t)
             };
             let settings = SampleSettings { seed, ..settings };
@@ -632,7 +634,7 @@ fn the_fast_sampler_draws_from_the_step_by_step_distribution() {
         5,
     );
     let grid = &fast[0].grid;
-    let alpha_bar = |s: usize| (1000 - s) as f64 / 1000.0;
+    let alpha_bar = |s: f64| (1000.0 - s) / 1000.0;
     let positions = (5 * 64 * 12) as f64;
 
     // Reveals per step. Positions reveal independently in both samplers, each in step i with
@@ -696,12 +698,12 @@ fn the_fast_sampler_calls_the_network_only_where_positions_unmask_at_their_time(
     let device = Default::default();
     let (_, loaded) = open_model::<Flex>(&model, &device);
     for (steps, seq_len) in [(1000, 8), (50, 20)] {
-        let mut calls: Vec<(usize, usize)> = vec![];
-        let network = |x: Tensor<Flex, 2, Int>, s: usize| {
+        let mut calls: Vec<(f32, usize)> = vec![];
+        let network = |x: Tensor<Flex, 2, Int>, time: f32| {
             let masked = x.clone().equal_elem(27).int().sum().into_scalar() as usize;
-            calls.push((s, masked));
+            calls.push((time, masked));
             let b = x.dims()[0];
-            let t = Tensor::from_data(TensorData::new(vec![s as f32; b], [b]), &device);
+            let t = Tensor::from_data(TensorData::new(vec![time; b], [b]), &device);
             loaded.net.forward(x, t)
         };
         let settings = SampleSettings {
@@ -720,7 +722,7 @@ fn the_fast_sampler_calls_the_network_only_where_positions_unmask_at_their_time(
         let mut masked = 2 * seq_len;
         for (i, &revealed) in sampled.revealed.iter().enumerate() {
             if revealed > 0 {
-                expected.push((sampled.grid[i], masked));
+                expected.push((sampled.grid[i] as f32, masked));
             }
             masked -= revealed;
         }
@@ -743,13 +745,14 @@ fn length_256_at_t_1000_needs_about_226_network_calls() {
         &ddexp::spec::Process::D3pmAbsorbing {
             timesteps: 1000,
             lambda_ce: 0.05,
+            time_conditioning: true,
         },
         27,
     );
     let runs = 30;
     let calls: Vec<f64> = (0..runs)
         .map(|seed| {
-            let network = |x: Tensor<Flex, 2, Int>, _s: usize| {
+            let network = |x: Tensor<Flex, 2, Int>, _time: f32| {
                 Tensor::<Flex, 3>::zeros([1, x.dims()[1], 28], &device)
             };
             let settings = SampleSettings {

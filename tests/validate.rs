@@ -411,7 +411,8 @@ fn overrides_reach_defaults_and_variants() {
         e.model,
         ddexp::spec::Process::D3pmAbsorbing {
             timesteps: 1000,
-            lambda_ce: 0.1
+            lambda_ce: 0.1,
+            time_conditioning: true,
         }
     );
     assert_eq!(e.train.ema.beta, 0.5);
@@ -432,6 +433,80 @@ fn resolved_experiment_round_trips() {
     std::fs::write(&resolved, ddexp::spec::to_ron(&first)).unwrap();
     let again = ddexp::spec::load(&resolved, &[]).unwrap().experiment;
     assert_eq!(first, again);
+}
+
+#[test]
+fn mdlm_schedule_parameters_are_checked() {
+    let mdlm =
+        |model: &str| VALID.replace("name: \"tiny\",", &format!("name: \"tiny\",\n    {model}"));
+    rejects(
+        &mdlm("model: Mdlm(eps: 0),"),
+        &[],
+        &["exp.ron:3:22", "`model.eps`", "must be greater than 0"],
+    );
+    rejects(
+        &mdlm("model: Mdlm(t_min: 1.0),"),
+        &[],
+        &["exp.ron:3:24", "`model.t_min`", "must be less than 1"],
+    );
+    rejects(
+        &mdlm("model: Mdlm(schedule: Linear),"),
+        &[],
+        &["`model.schedule`", "did you mean `LogLinear`"],
+    );
+    rejects(
+        VALID,
+        &["model=Mdlm(timesteps: 10)"],
+        &["unknown field", "timesteps"],
+    );
+
+    // Legal but far from MDLM's values: a warning, located.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("exp.ron"),
+        mdlm("model: Mdlm(eps: 0.5, t_min: 0.2),"),
+    )
+    .unwrap();
+    let out = ddexp(&["validate", "exp.ron"], dir.path());
+    assert!(out.status.success(), "{}", text(&out));
+    for part in [
+        "exp.ron:3:22: warning: `model.eps`",
+        "exp.ron:3:34: warning: `model.t_min`",
+    ] {
+        assert!(text(&out).contains(part), "{part} in {}", text(&out));
+    }
+
+    // A resolved experiment writes D3PM's time_conditioning only when it is false, and every
+    // process reads back as written.
+    for (model, written) in [
+        ("model: D3pmAbsorbing(timesteps: 10),", None),
+        (
+            "model: D3pmAbsorbing(time_conditioning: false),",
+            Some("time_conditioning: false"),
+        ),
+        (
+            "model: Mdlm(schedule: Cosine, time_conditioning: true),",
+            Some("time_conditioning: true"),
+        ),
+    ] {
+        let file = dir.path().join("m.ron");
+        std::fs::write(&file, mdlm(model)).unwrap();
+        let experiment = ddexp::spec::load(&file, &[]).unwrap().experiment;
+        let ron = ddexp::spec::to_ron(&experiment);
+        assert_eq!(
+            ron.contains("time_conditioning"),
+            written.is_some(),
+            "{ron}"
+        );
+        if let Some(written) = written {
+            assert!(ron.contains(written), "{ron}");
+        }
+        std::fs::write(&file, &ron).unwrap();
+        assert_eq!(
+            ddexp::spec::load(&file, &[]).unwrap().experiment,
+            experiment
+        );
+    }
 }
 
 #[cfg(not(feature = "cuda"))]

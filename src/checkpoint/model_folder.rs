@@ -159,8 +159,13 @@ pub(super) fn split_checked(weights: &StateDict, diffusion: &Diffusion) -> Resul
             continue;
         }
         let Some(expected) = buffers.get(name) else {
+            let kept = std::iter::once("`net.*`".to_string())
+                .chain(buffers.names().map(|b| format!("`{b}`")))
+                .collect::<Vec<_>>()
+                .join(", ");
             bail!(
-                "unexpected tensor `{name}` (a D3PM state dict has `net.*`, `betas`, `alpha_bars`)"
+                "unexpected tensor `{name}`: the weights of {} hold {kept} only",
+                diffusion.describe()
             );
         };
         let found = weights

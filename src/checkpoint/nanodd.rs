@@ -363,6 +363,7 @@ fn experiment_from_args(
         model: spec::Process::D3pmAbsorbing {
             timesteps: args.timesteps,
             lambda_ce: args.lambda_ce,
+            time_conditioning: true,
         },
         network: spec::Network {
             n_embed: args.n_embed,

@@ -62,12 +62,12 @@ pub fn run(args: EvalArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
-            "{} KL batches + {} reconstruction batches of {} × {} tokens, T = {}, seed {}",
+            "{} KL batches + {} reconstruction batches of {} × {} tokens, {}, seed {}",
             report.kl_batches,
             report.recon_batches,
             report.batch_size,
             report.seq_len,
-            report.timesteps,
+            report.process,
             report.seed
         );
         print!("{}", eval::format_estimates(&report.estimates));

@@ -19,20 +19,26 @@ pub struct SampleArgs {
     /// Tokens per sequence (default: the experiment's seq_len).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     seq_len: Option<u64>,
-    /// Reverse steps on an evenly spaced grid of times (default: T, exact ancestral sampling).
+    /// Reverse steps on an evenly spaced grid of times (default: D3PM's T, exact ancestral
+    /// sampling; MDLM's 1000).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     steps: Option<u64>,
     /// Seed of every random draw.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// nanoDD's sampler: mask column kept in p(x_0), network at every step, every position
-    /// redrawn at the last step.
-    #[arg(long, conflicts_with = "every_step")]
+    /// nanoDD's sampler (D3PM models): mask column kept in p(x_0), network at every step,
+    /// every position redrawn at the last step.
+    #[arg(long, conflicts_with_all = ["every_step", "no_cache"])]
     reference_sampler: bool,
     /// Call the network at every step even where no position unmasks (the same samples in
     /// distribution, slower; the baseline of the fast exact sampler).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "no_cache")]
     every_step: bool,
+    /// Call the network on the whole batch at every step that unmasks something, even when a
+    /// time-free network's earlier predictions are still valid (the same samples in
+    /// distribution; the baseline of the prediction cache).
+    #[arg(long)]
+    no_cache: bool,
     /// Print only the final text, even in a terminal.
     #[arg(long)]
     no_animate: bool,
@@ -52,6 +58,8 @@ pub fn run(args: SampleArgs) -> Result<()> {
         AncestralSampler::Reference
     } else if args.every_step {
         AncestralSampler::ExactEveryStep
+    } else if args.no_cache {
+        AncestralSampler::ExactUncached
     } else {
         AncestralSampler::Exact
     };
@@ -71,12 +79,14 @@ pub fn run(args: SampleArgs) -> Result<()> {
     let report = sample::sample_model(&args.model, &options)?;
     print!("{}", sample::format_texts(&report.texts));
     eprintln!(
-        "{} × {} tokens, {} steps ({} sampler): {} network calls in {:.2} s; appended to {}",
+        "{} × {} tokens, {} steps ({} sampler): {} network calls on {} sequences in {:.2} s; \
+         appended to {}",
         report.settings.batch,
         report.settings.seq_len,
         report.settings.steps,
         report.settings.sampler.name(),
         report.sampled.network_calls,
+        report.sampled.network_rows,
         report.elapsed.as_secs_f64(),
         report.written_to.display()
     );

@@ -54,6 +54,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 use rand::Rng;
 
+use super::{Bound, TokenTerms, network_times};
 use crate::model::{Dit, StateDict};
 
 /// Added inside every log of the posterior, as the reference (log(0 + 1e-20) ≈ −46).
@@ -77,6 +78,8 @@ pub struct D3pmAbsorbing {
     timesteps: usize,
     lambda_ce: f64,
     num_classes: usize,
+    /// Whether the network sees the step s (the reference) or a constant.
+    time_conditioning: bool,
     /// betas[s] = 1 / (T − s + 1) for s = 1..T, betas[0] = 0 (1-indexed as the reference).
     betas: Vec<f32>,
     /// alpha_bars[s] = Π_{r ≤ s} (1 − betas[r]); alpha_bars[T] = 0 exactly.
@@ -94,15 +97,6 @@ struct Posterior<B: Backend> {
     one_minus_alpha_bar: Tensor<B, 3>,
     /// Sequences with s' = 0, whose posterior is x_0 itself.
     reaches_x0: Tensor<B, 3, Bool>,
-}
-
-/// The per-token terms of the loss.
-#[derive(Debug, Clone)]
-pub struct TokenTerms<B: Backend> {
-    /// [B, L] KL(q(x_t | x_{t+1}, x_0) ‖ p(x_t | x_{t+1})).
-    pub kl: Tensor<B, 2>,
-    /// [B, L] cross-entropy of the network's p(x_0) (mask column removed) against x_0.
-    pub ce: Tensor<B, 2>,
 }
 
 /// The network's intermediate values in one loss evaluation (for parity tests and inspection).
@@ -156,9 +150,22 @@ impl D3pmAbsorbing {
             timesteps,
             lambda_ce,
             num_classes,
+            time_conditioning: true,
             betas,
             alpha_bars,
         }
+    }
+
+    /// The same process with a time-conditioned (`true`, the reference) or time-free network.
+    pub fn with_time_conditioning(self, time_conditioning: bool) -> Self {
+        D3pmAbsorbing {
+            time_conditioning,
+            ..self
+        }
+    }
+
+    pub fn time_conditioning(&self) -> bool {
+        self.time_conditioning
     }
 
     pub fn timesteps(&self) -> usize {
@@ -246,7 +253,7 @@ impl D3pmAbsorbing {
         let s: Vec<usize> = t.iter().map(|&t| t + 1).collect();
         let logits = net.forward_traced(
             x_next.clone(),
-            times(&s, &x_next.device()),
+            self.times(&s, &x_next.device()),
             trace.as_deref_mut().map(|trace| &mut trace.net),
         );
         if let Some(trace) = trace {
@@ -348,7 +355,7 @@ impl D3pmAbsorbing {
         let sums = Tensor::cat(vec![per_token.detach().sum(), kl_sum, ce_sum, recon_sum], 0);
         let recon_rows = t.iter().filter(|&&t| t == 0).count();
         super::LossOutput {
-            timesteps: self.timesteps,
+            bound: Bound::steps(self.timesteps),
             loss,
             terms,
             sums,
@@ -370,7 +377,7 @@ impl D3pmAbsorbing {
         s_prev: &[usize],
         mode: ReverseMode,
     ) -> Tensor<B, 3> {
-        let logits = net.forward(x_s.clone(), times(s, &x_s.device()));
+        let logits = net.forward(x_s.clone(), self.times(s, &x_s.device()));
         self.reverse_log_probs_from_logits(logits, x_s, s, s_prev, mode)
     }
 
@@ -403,7 +410,7 @@ impl D3pmAbsorbing {
         mode: ReverseMode,
         rng: &mut impl Rng,
     ) -> Tensor<B, 2, Int> {
-        let logits = net.forward(x_s.clone(), times(s, &x_s.device()));
+        let logits = net.forward(x_s.clone(), self.times(s, &x_s.device()));
         self.reverse_step_from_logits(logits, x_s, s, s_prev, mode, rng)
     }
 
@@ -434,7 +441,7 @@ impl D3pmAbsorbing {
         s: &[usize],
     ) -> Tensor<B, 3> {
         let device = x_s.device();
-        self.x0_probs(net.forward(x_s, times(s, &device)))
+        self.x0_probs(net.forward(x_s, self.times(s, &device)))
     }
 
     /// p(x_0) [B, L, K] from the network's output: the softmax with the mask column removed.
@@ -546,6 +553,12 @@ impl D3pmAbsorbing {
         Tensor::from_data(TensorData::new(column, [1, 1, self.num_classes]), device)
     }
 
+    /// The network's time input at steps `s`: the raw s as floats (1..T, not scaled), or a
+    /// constant when time-free.
+    fn times<B: Backend>(&self, s: &[usize], device: &B::Device) -> Tensor<B, 1> {
+        network_times(s.iter().map(|&s| s as f32), self.time_conditioning, device)
+    }
+
     /// The network output with −∞ on the mask column: p(x_0) never predicts the mask. An
     /// addition rather than a slice assignment, so that it runs in place on a tensor with
     /// no other handle.
@@ -553,12 +566,6 @@ impl D3pmAbsorbing {
         let device = logits.device();
         logits + self.mask_column(f32::NEG_INFINITY, &device)
     }
-}
-
-/// The raw network times s as floats [B] (1..T, not scaled).
-fn times<B: Backend>(s: &[usize], device: &B::Device) -> Tensor<B, 1> {
-    let values: Vec<f32> = s.iter().map(|&s| s as f32).collect();
-    Tensor::from_data(TensorData::new(values, [s.len()]), device)
 }
 
 /// One draw per position from the distributions `probs` [B, L, K] by inverting the CDF with

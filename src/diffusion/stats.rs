@@ -3,19 +3,50 @@
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
+/// How a process turns its per-token means into the bound l_T in nats/token:
+/// l_T = kl_weight × mean KL + mean reconstruction CE, or kl_weight_alone × mean KL when no
+/// sequence was at the reconstruction time.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Bound {
+    pub kl_weight: f64,
+    pub kl_weight_alone: f64,
+}
+
+impl Bound {
+    /// D3PM with T steps: T − 1 KL terms (t ∈ {1, …, T−1}) and the CE at t = 0; without a
+    /// sequence at t = 0, T × the mean KL stands for all T terms.
+    pub fn steps(timesteps: usize) -> Bound {
+        Bound {
+            kl_weight: (timesteps - 1) as f64,
+            kl_weight_alone: timesteps as f64,
+        }
+    }
+
+    /// Continuous time with the diffusion term over [t_min, 1]: (1 − t_min) × the mean of the
+    /// integrand at t uniform in [t_min, 1), plus the reconstruction term at t_min when it was
+    /// measured (left out otherwise: it is about t_min × the CE of a masked token).
+    pub fn continuous(t_min: f64) -> Bound {
+        Bound {
+            kl_weight: 1.0 - t_min,
+            kl_weight_alone: 1.0 - t_min,
+        }
+    }
+}
+
 /// Sums and counts of one or more micro-batches. Merging the stats of all micro-steps and
 /// ranks gives exactly the numbers of one big batch.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct LossStats {
-    pub timesteps: usize,
+    pub bound: Bound,
     pub tokens: usize,
     pub loss_sum: f64,
-    /// Tokens of sequences with t > 0 and the sum of their KL.
+    /// Tokens of sequences away from the reconstruction time and the sum of their KL (MDLM:
+    /// of the NELBO integrand, see [`super::Mdlm`]).
     pub kl_tokens: usize,
     pub kl_sum: f64,
     /// Sum of CE over all tokens.
     pub ce_sum: f64,
-    /// Tokens of sequences with t = 0 and the sum of their CE (the reconstruction term).
+    /// Tokens of sequences at the reconstruction time (D3PM: t = 0) and the sum of their CE.
     pub recon_tokens: usize,
     pub recon_sum: f64,
 }
@@ -23,10 +54,10 @@ pub struct LossStats {
 impl LossStats {
     pub fn merge(&mut self, other: &LossStats) {
         assert!(
-            self.tokens == 0 || self.timesteps == other.timesteps,
+            self.tokens == 0 || self.bound == other.bound,
             "merging stats of different processes"
         );
-        self.timesteps = other.timesteps;
+        self.bound = other.bound;
         self.tokens += other.tokens;
         self.loss_sum += other.loss_sum;
         self.kl_tokens += other.kl_tokens;
@@ -41,7 +72,8 @@ impl LossStats {
         self.loss_sum / self.tokens as f64
     }
 
-    /// Mean KL over tokens with t > 0 (NaN when every sequence had t = 0, as the reference).
+    /// Mean KL over tokens away from the reconstruction time (NaN when every sequence had
+    /// t = 0, as the reference).
     pub fn kl(&self) -> f64 {
         self.kl_sum / self.kl_tokens as f64
     }
@@ -51,14 +83,12 @@ impl LossStats {
         self.ce_sum / self.tokens as f64
     }
 
-    /// The T-step estimate in nats: mean KL × (T − 1) + mean CE at t = 0, or mean KL × T when
-    /// no sequence had t = 0.
+    /// The bound's estimate in nats/token (see [`Bound`]).
     pub fn l_t(&self) -> f64 {
-        let t = self.timesteps as f64;
         if self.recon_tokens > 0 {
-            self.kl() * (t - 1.0) + self.recon_sum / self.recon_tokens as f64
+            self.kl() * self.bound.kl_weight + self.recon_sum / self.recon_tokens as f64
         } else {
-            self.kl() * t
+            self.kl() * self.bound.kl_weight_alone
         }
     }
 
@@ -126,7 +156,7 @@ mod tests {
     #[test]
     fn l_t_without_reconstruction_scales_kl_by_t() {
         let stats = LossStats {
-            timesteps: 10,
+            bound: Bound::steps(10),
             tokens: 4,
             loss_sum: 2.0,
             kl_tokens: 4,

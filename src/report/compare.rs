@@ -149,28 +149,12 @@ pub(super) fn group_runs(runs: &[Run]) -> Result<Vec<Group>> {
             }
         }
     }
-    let all_paths: BTreeSet<&String> = keys.iter().flat_map(|(_, flat)| flat.keys()).collect();
-    let differing: Vec<&String> = all_paths
+    let flats: Vec<BTreeMap<String, String>> = keys.into_iter().map(|(_, flat)| flat).collect();
+    Ok(distinguishing_fields(&flats)
         .into_iter()
-        .filter(|p| {
-            let first = keys[0].1.get(*p);
-            keys.iter().any(|(_, flat)| flat.get(*p) != first)
-        })
-        .collect();
-    Ok(keys
-        .iter()
         .zip(members)
-        .map(|((_, flat), mut members)| {
+        .map(|(fields, mut members)| {
             members.sort_by_key(|&i| runs[i].experiment.seed);
-            let fields: Vec<(String, String)> = differing
-                .iter()
-                .map(|p| {
-                    (
-                        (*p).clone(),
-                        flat.get(*p).cloned().unwrap_or_else(|| "(absent)".into()),
-                    )
-                })
-                .collect();
             let label = if fields.is_empty() {
                 let names: BTreeSet<&str> = members
                     .iter()
@@ -193,9 +177,63 @@ pub(super) fn group_runs(runs: &[Run]) -> Result<Vec<Group>> {
         .collect())
 }
 
-/// Flattens JSON into dotted paths: `{"train": {"lr": 0.001}}` → `train.lr` = `0.001`.
+/// The fields that tell each group apart, from each group's flattened experiment: the paths
+/// whose values differ between groups, where the group has them. Below an enum variant that
+/// differs between groups (`model=Mdlm` against `model=D3pmAbsorbing`), a path is shown only
+/// when it also differs among the groups of the same variant, so a label names the variant
+/// and what varies within it rather than every field the other variants lack.
+pub(super) fn distinguishing_fields(
+    flats: &[BTreeMap<String, String>],
+) -> Vec<Vec<(String, String)>> {
+    let all_paths: BTreeSet<&String> = flats.iter().flat_map(BTreeMap::keys).collect();
+    let differs = |path: &str, groups: &mut dyn Iterator<Item = &BTreeMap<String, String>>| {
+        let mut values = groups.map(|flat| flat.get(path));
+        let first = values.next();
+        values.any(|v| Some(v) != first)
+    };
+    let differing: Vec<&String> = all_paths
+        .into_iter()
+        .filter(|p| differs(p, &mut flats.iter()))
+        .collect();
+    flats
+        .iter()
+        .map(|flat| {
+            differing
+                .iter()
+                .filter_map(|&p| {
+                    let value = flat.get(p)?;
+                    let variant = differing
+                        .iter()
+                        .filter(|a| p.starts_with(&format!("{a}.")))
+                        .max_by_key(|a| a.len());
+                    let shown = match variant {
+                        None => true,
+                        Some(a) => differs(
+                            p,
+                            &mut flats.iter().filter(|other| other.get(*a) == flat.get(*a)),
+                        ),
+                    };
+                    shown.then(|| (p.clone(), value.clone()))
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Flattens JSON into dotted paths: `{"train": {"lr": 0.001}}` → `train.lr` = `0.001`. An
+/// enum variant with fields, `{"model": {"Mdlm": {"eps": 0.001}}}`, becomes `model` = `Mdlm`
+/// and `model.eps` = `0.001`.
 pub(super) fn flatten(prefix: &str, value: &Value, out: &mut BTreeMap<String, String>) {
     match value {
+        Value::Object(map) if !prefix.is_empty() && map.len() == 1 => {
+            let (key, inner) = map.iter().next().expect("one entry");
+            if key.starts_with(|c: char| c.is_ascii_uppercase()) && inner.is_object() {
+                out.insert(prefix.to_string(), key.clone());
+                flatten(prefix, inner, out);
+            } else {
+                flatten(&format!("{prefix}.{key}"), inner, out);
+            }
+        }
         Value::Object(map) => {
             for (k, v) in map {
                 let path = if prefix.is_empty() {

@@ -426,3 +426,68 @@ fn bad_input_leaves_nothing_behind() {
     );
     assert!(!root.join("report").exists());
 }
+
+#[test]
+fn groups_of_different_processes_are_labelled_by_variant() {
+    use crate::spec::{MaskSchedule, Process};
+    let flat = |model: Process, sampler: TimeSampler| {
+        let mut exp = synthetic_experiment("x", 1);
+        exp.model = model;
+        exp.sampler = sampler;
+        let mut out = std::collections::BTreeMap::new();
+        compare::flatten("", &serde_json::to_value(&exp).unwrap(), &mut out);
+        out
+    };
+    let d3pm = |time_conditioning| Process::D3pmAbsorbing {
+        timesteps: 1000,
+        lambda_ce: 0.05,
+        time_conditioning,
+    };
+    let mdlm = |time_conditioning| Process::Mdlm {
+        schedule: MaskSchedule::LogLinear,
+        eps: 1e-3,
+        t_min: 1e-3,
+        time_conditioning,
+    };
+    let lds = TimeSampler::LowDiscrepancy;
+    let flats = [
+        flat(d3pm(true), lds),
+        flat(d3pm(false), lds),
+        flat(mdlm(true), lds),
+        flat(mdlm(false), TimeSampler::Uniform),
+    ];
+    assert_eq!(flats[2]["model"], "Mdlm");
+    assert_eq!(flats[2]["model.t_min"], "0.001");
+    let labels: Vec<Vec<String>> = compare::distinguishing_fields(&flats)
+        .into_iter()
+        .map(|fields| {
+            fields
+                .into_iter()
+                .map(|(p, v)| format!("{p}={v}"))
+                .collect()
+        })
+        .collect();
+    // D3PM writes time_conditioning only when false; MDLM's own fields are the same in both
+    // MDLM groups, so they are not shown; the sampler differs at the top level.
+    assert_eq!(
+        labels,
+        [
+            vec!["model=D3pmAbsorbing", "sampler=LowDiscrepancy"],
+            vec![
+                "model=D3pmAbsorbing",
+                "model.time_conditioning=false",
+                "sampler=LowDiscrepancy"
+            ],
+            vec![
+                "model=Mdlm",
+                "model.time_conditioning=true",
+                "sampler=LowDiscrepancy"
+            ],
+            vec![
+                "model=Mdlm",
+                "model.time_conditioning=false",
+                "sampler=Uniform"
+            ],
+        ]
+    );
+}

@@ -53,10 +53,10 @@ impl<'a> Animation<'a> {
         }
         let (rows, columns) = self.term.size();
         let status = format!(
-            "step {}/{} · s = {} · {} network call{}",
+            "step {}/{} · t = {} · {} network call{}",
             step.index + 1,
             self.steps,
-            step.s_prev,
+            step.t_next,
             step.network_calls,
             if step.network_calls == 1 { "" } else { "s" }
         );

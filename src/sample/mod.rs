@@ -16,12 +16,13 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::backend::Backend;
 use indicatif::{ProgressBar, ProgressStyle};
 
-pub use ancestral::{AncestralSampler, SampleSettings, Sampled, Step, grid, sample, sample_with};
+pub use ancestral::{AncestralSampler, SampleSettings, Sampled, Step, sample, sample_with};
 use animation::Animation;
 
 use crate::backend::{self, DeviceChoice, Devices, Job};
 use crate::checkpoint::{self, CheckpointChoice, SavedModel};
 use crate::data::{self, Vocab};
+use crate::diffusion::{Diffusion, ReverseMode};
 use crate::model::WeightSet;
 use crate::spec::{Dataset, Tokenizer};
 
@@ -34,7 +35,7 @@ pub struct SampleOptions {
     pub batch: usize,
     /// Tokens per sequence (default: the experiment's seq_len).
     pub seq_len: Option<usize>,
-    /// Reverse steps (default: T).
+    /// Reverse steps (default: D3PM's T, MDLM's 1000).
     pub steps: Option<usize>,
     pub seed: u64,
     pub sampler: AncestralSampler,
@@ -77,16 +78,28 @@ pub fn sample_model(model: &Path, options: &SampleOptions) -> Result<SampleRepor
         .device
         .resolve(topology.backend, &topology.devices)?;
     let trained_len = experiment.dataset.seq_len();
+    let diffusion = Diffusion::new(&experiment.model, opened.vocab_size);
     let settings = SampleSettings {
         batch: options.batch,
         seq_len: options.seq_len.unwrap_or(trained_len),
-        steps: options.steps.unwrap_or(experiment.model.timesteps()),
+        steps: options
+            .steps
+            .unwrap_or_else(|| diffusion.default_sampling_steps()),
         seed: options.seed,
         sampler: options.sampler,
     };
-    grid(experiment.model.timesteps(), settings.steps)?;
+    diffusion.sampling_grid(settings.steps)?;
     if settings.batch == 0 || settings.seq_len == 0 {
         bail!("--batch and --seq-len must be at least 1");
+    }
+    if settings.sampler == AncestralSampler::Reference
+        && !diffusion.supports(ReverseMode::Reference)
+    {
+        bail!(
+            "--reference-sampler is nanoDD's sampler, for D3PM models; {} is {}",
+            opened.describe(),
+            diffusion.describe()
+        );
     }
     if settings.seq_len != trained_len {
         eprintln!(
@@ -122,7 +135,8 @@ pub fn sample_model(model: &Path, options: &SampleOptions) -> Result<SampleRepor
     let texts: Vec<String> = sampled.tokens.iter().map(|row| vocab.decode(row)).collect();
 
     let header = format!(
-        "# {} model={} sampler={} steps={} seed={} batch={} seq_len={} network_calls={}\n",
+        "# {} model={} sampler={} steps={} seed={} batch={} seq_len={} network_calls={} \
+         network_rows={}\n",
         chrono::Local::now().to_rfc3339(),
         opened.describe(),
         settings.sampler.name(),
@@ -130,7 +144,8 @@ pub fn sample_model(model: &Path, options: &SampleOptions) -> Result<SampleRepor
         settings.seed,
         settings.batch,
         settings.seq_len,
-        sampled.network_calls
+        sampled.network_calls,
+        sampled.network_rows
     );
     // One write of the whole block in append mode, so concurrent samplers never interleave.
     let block = header + &format_texts(&texts) + "\n";

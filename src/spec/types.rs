@@ -57,7 +57,47 @@ pub enum Process {
         #[serde(default = "defaults::lambda_ce")]
         #[schemars(range(min = 0.0))]
         lambda_ce: f64,
+        /// Whether the network sees the diffusion time (the step s, as the reference) or a
+        /// constant (a time-free network, whose predictions sampling reuses until a token
+        /// changes). Written out only when false: checkpoints compare the experiment they
+        /// record with the run folder's, and a record without the field means true.
+        #[serde(default = "defaults::yes", skip_serializing_if = "defaults::is_true")]
+        time_conditioning: bool,
     },
+    /// Continuous-time masked diffusion (MDLM, Sahoo et al. 2024): t ∈ (0, 1], a token is
+    /// still unmasked at time t with probability α_t, the network predicts x_0 with the SUBS
+    /// parameterisation, and the loss is the continuous-time NELBO.
+    Mdlm {
+        /// How α_t falls from 1 at t = 0 to eps at t = 1.
+        #[serde(default)]
+        schedule: MaskSchedule,
+        /// α_1: the probability that a token survives to t = 1, kept above 0 so the noise
+        /// level σ_t = −ln α_t the network sees stays finite.
+        #[serde(default = "defaults::mdlm_eps")]
+        #[schemars(extend("exclusiveMinimum" = 0.0, "exclusiveMaximum" = 1.0))]
+        eps: f64,
+        /// Training times are uniform in [t_min, 1) (MDLM's sampling_eps); evaluation adds a
+        /// reconstruction term at t_min for the part of the bound below it.
+        #[serde(default = "defaults::mdlm_t_min")]
+        #[schemars(extend("exclusiveMinimum" = 0.0, "exclusiveMaximum" = 1.0))]
+        t_min: f64,
+        /// Whether the network sees the noise level σ_t = −ln α_t or a constant (false,
+        /// MDLM's default: a time-free network, whose predictions sampling reuses until a
+        /// token changes).
+        #[serde(default)]
+        time_conditioning: bool,
+    },
+}
+
+/// How the probability α_t that a token is still unmasked at time t ∈ [0, 1] falls from 1 to
+/// eps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum MaskSchedule {
+    /// α_t = 1 − (1 − eps)·t: tokens are masked at a constant rate (MDLM's default).
+    #[default]
+    LogLinear,
+    /// α_t = eps + (1 − eps)·cos(πt/2): slow masking early, fast late.
+    Cosine,
 }
 
 impl Default for Process {
@@ -65,15 +105,29 @@ impl Default for Process {
         Process::D3pmAbsorbing {
             timesteps: defaults::timesteps(),
             lambda_ce: defaults::lambda_ce(),
+            time_conditioning: true,
         }
     }
 }
 
 impl Process {
-    /// Number of diffusion steps T.
-    pub fn timesteps(&self) -> usize {
+    /// Number of diffusion steps T of a discrete-time process; `None` for continuous time.
+    pub fn timesteps(&self) -> Option<usize> {
         match self {
-            Process::D3pmAbsorbing { timesteps, .. } => *timesteps,
+            Process::D3pmAbsorbing { timesteps, .. } => Some(*timesteps),
+            Process::Mdlm { .. } => None,
+        }
+    }
+
+    /// Whether the network sees the diffusion time.
+    pub fn time_conditioning(&self) -> bool {
+        match self {
+            Process::D3pmAbsorbing {
+                time_conditioning, ..
+            }
+            | Process::Mdlm {
+                time_conditioning, ..
+            } => *time_conditioning,
         }
     }
 }
@@ -360,11 +414,12 @@ pub struct Eval {
     #[serde(default = "defaults::eval_splits")]
     #[schemars(length(min = 1))]
     pub splits: Vec<Split>,
-    /// Batches for the KL term (t uniform in 1..T−1).
+    /// Batches for the KL term (D3PM: t uniform in 1..T−1; MDLM: the diffusion term, t uniform
+    /// in [t_min, 1)).
     #[serde(default = "defaults::kl_batches")]
     #[schemars(range(min = 1))]
     pub kl_batches: u64,
-    /// Batches for the reconstruction term (t = 0).
+    /// Batches for the reconstruction term (D3PM: t = 0; MDLM: t = t_min).
     #[serde(default = "defaults::recon_batches")]
     #[schemars(range(min = 1))]
     pub recon_batches: u64,
@@ -468,6 +523,12 @@ mod defaults {
     pub fn lambda_ce() -> f64 {
         0.05
     }
+    pub fn mdlm_eps() -> f64 {
+        1e-3
+    }
+    pub fn mdlm_t_min() -> f64 {
+        1e-3
+    }
     pub fn n_embed() -> usize {
         768
     }
@@ -548,6 +609,9 @@ mod defaults {
     }
     pub fn yes() -> bool {
         true
+    }
+    pub fn is_true(value: &bool) -> bool {
+        *value
     }
     pub fn eval_splits() -> Vec<Split> {
         vec![Split::Val, Split::Test]

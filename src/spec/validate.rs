@@ -123,6 +123,10 @@ fn article(json_type: &str) -> String {
     }
 }
 
+/// MDLM's eps and t_min above these values get a warning (see [`semantic`]).
+const MAX_QUIET_EPS: f64 = 0.01;
+const MAX_QUIET_T_MIN: f64 = 0.05;
+
 /// A semantic problem: the dotted path it concerns and the message.
 pub struct Problem {
     pub path: &'static str,
@@ -161,6 +165,41 @@ pub fn semantic(e: &Experiment) -> Vec<Problem> {
             found: Some(format!("{} / {} = {}", n.n_embed, n.n_heads, n.head_dim())),
             ..problem("network.n_heads", "the head dimension must be even".into())
         });
+    }
+    if let super::Process::Mdlm { eps, t_min, .. } = e.model {
+        // The bound leaves out the prior term at t = 1, where a fraction eps of the tokens is
+        // still unmasked under the forward process while sampling starts from all-mask.
+        if eps > MAX_QUIET_EPS {
+            problems.push(Problem {
+                warning: true,
+                expected: Some(format!("at most {MAX_QUIET_EPS} (MDLM uses 1e-3)")),
+                found: Some(eps.to_string()),
+                ..problem(
+                    "model.eps",
+                    format!(
+                        "a fraction eps of the tokens survives to t = 1, where sampling starts \
+                         from all-mask, and the NELBO leaves that mismatch out: with eps = {eps} \
+                         the bound and the sampler describe different models"
+                    ),
+                )
+            });
+        }
+        // Evaluation unmasks every position still masked at t_min in one jump, which only
+        // stands for the continuous process when few positions are masked there.
+        if t_min > MAX_QUIET_T_MIN {
+            problems.push(Problem {
+                warning: true,
+                expected: Some(format!("at most {MAX_QUIET_T_MIN} (MDLM uses 1e-3)")),
+                found: Some(t_min.to_string()),
+                ..problem(
+                    "model.t_min",
+                    format!(
+                        "training never sees t < t_min, and evaluation reconstructs every \
+                         position masked at t_min = {t_min} in one step"
+                    ),
+                )
+            });
+        }
     }
     let t = &e.train;
     if t.min_lr > t.lr {

@@ -208,9 +208,9 @@ fn measure<B: AutodiffBackend>(
             burn::tensor::Tensor::from_data(TensorData::new(times, [batch]), device),
         )
         .into_data();
-    let t: Vec<usize> = (0..batch)
-        .map(|i| (i * 131) % diffusion.timesteps())
-        .collect();
+    let t = diffusion
+        .training_range()
+        .uniform(&mut rng::rng(experiment.seed, Stream::Noise, &[1]), batch);
     let mut noise = rng::rows(experiment.seed, Stream::Noise, &[0, 0], 0..batch as u64);
     let out = diffusion.loss(&state.model, x0, &t, &mut noise);
     let loss = out.stats().loss();

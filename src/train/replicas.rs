@@ -25,7 +25,7 @@ use super::collective::Peer;
 use super::trainer::State;
 use super::validation::{summarise_validation, validation_batches, validation_loss};
 use crate::data::Corpus;
-use crate::diffusion::{Diffusion, LossStats};
+use crate::diffusion::{Bound, Diffusion, LossStats};
 use crate::model::Dit;
 use crate::spec::{self, Experiment};
 
@@ -72,7 +72,7 @@ pub fn reduce_step<B: AutodiffBackend>(
     };
     model.visit(&mut scatter);
     Ok((
-        stats_from_values(stats.timesteps, &tail),
+        stats_from_values(stats.bound, &tail),
         tail[n_tail - 1] > 0.0,
     ))
 }
@@ -102,7 +102,7 @@ pub fn validate<B: Backend>(
     let values = peer.sum_values(&values, "sharing the validation pass")?;
     let all: Vec<LossStats> = values
         .chunks(STATS_VALUES)
-        .map(|v| stats_from_values(diffusion.timesteps(), v))
+        .map(|v| stats_from_values(diffusion.bound(), v))
         .collect();
     Ok(summarise_validation(&all))
 }
@@ -242,9 +242,9 @@ fn stats_values(s: &LossStats) -> [f64; STATS_VALUES] {
     ]
 }
 
-fn stats_from_values(timesteps: usize, v: &[f64]) -> LossStats {
+fn stats_from_values(bound: Bound, v: &[f64]) -> LossStats {
     LossStats {
-        timesteps,
+        bound,
         tokens: v[0].round() as usize,
         loss_sum: v[1],
         kl_tokens: v[2].round() as usize,

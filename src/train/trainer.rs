@@ -137,7 +137,7 @@ pub fn step<B: AutodiffBackend>(
         experiment.seed,
         it,
         experiment.global_batch(),
-        diffusion.timesteps(),
+        diffusion.training_range(),
     );
     let dropout = experiment.network.dropout > 0.0;
     let mut accumulator = GradientsAccumulator::<Dit<B>>::new();
@@ -152,7 +152,7 @@ pub fn step<B: AutodiffBackend>(
             // Only a network with dropout draws from the backend's generator.
             let _draws = dropout
                 .then(|| seed_dropout::<B>(device, experiment.seed, it, micro as u64, rank as u64));
-            diffusion.loss(&state.model, x0, local, &mut noise)
+            diffusion.loss(&state.model, x0, &local, &mut noise)
         };
         stats.merge(&out.stats());
         let grads = out

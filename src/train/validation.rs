@@ -1,17 +1,15 @@
-//! The validation pass of the training loop: the training loss and its T-step estimate on
-//! the first batches of the split's fixed val stream, with times drawn as in training
-//! (uniform over {0, …, T−1}) from a seed of their own, so every validation of a run sees
-//! the same tokens, times and noise, and only the weights change.
-
-use burn::module::Module;
-use burn::tensor::backend::Backend;
-use rand::Rng;
+//! The validation pass of the training loop: the training loss and its bound estimate on
+//! the first batches of the split's fixed val stream, with times drawn uniformly from the
+//! training range (D3PM: {0, …, T−1}; MDLM: [t_min, 1)) from a seed of their own, so every
+//! validation of a run sees the same tokens, times and noise, and only the weights change.
 
 use crate::data::Corpus;
 use crate::diffusion::{Diffusion, LossStats, Moments};
 use crate::model::{Dit, token_tensor};
 use crate::rng::{self, Stream};
 use crate::spec::Split;
+use burn::module::Module;
+use burn::tensor::backend::Backend;
 
 /// The validation result on `batches` batches: the merged statistics and the standard error
 /// of bits/token over batches.
@@ -36,13 +34,11 @@ pub fn validation_batches<B: Backend>(
     batch_size: usize,
 ) -> Vec<LossStats> {
     let device = net.devices()[0].clone();
-    let timesteps = diffusion.timesteps();
+    let range = diffusion.training_range();
     batches
         .map(|batch| {
             let mut rng = rng::rng(0, Stream::Validation, &[batch, 0]);
-            let times: Vec<usize> = (0..batch_size)
-                .map(|_| rng.random_range(0..timesteps))
-                .collect();
+            let times = range.uniform(&mut rng, batch_size);
             let ids = corpus.eval_batch(Split::Val, batch, batch_size);
             let x0 = token_tensor::<B>(&ids, batch_size, corpus.seq_len(), &device);
             let mut noise = rng::rows(0, Stream::Validation, &[batch, 1], 0..batch_size as u64);
