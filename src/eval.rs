@@ -263,8 +263,8 @@ pub fn evaluate_model(model: &Path, options: &EvalOptions) -> Result<EvalReport>
         Some(run) if run.csv_path::<EvalRow>().exists() => Some(run.log::<EvalRow>()?),
         _ => None,
     };
-    eprintln!("model: {}", opened.describe());
-    eprintln!("data: {}", corpus.description());
+    eoutln!("model: {}", opened.describe());
+    eoutln!("data: {}", corpus.description());
     let job = EvalJob {
         opened: &opened,
         corpus: &corpus,

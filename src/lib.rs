@@ -3,6 +3,7 @@
 //!
 //! The modules are listed in pipeline order, and each uses only modules listed before it:
 //!
+//! - [`output`]: messages on stdout and stderr that never stop the work (a closed pipe);
 //! - [`rng`]: counter-based random streams, so every draw is a function of where it happens;
 //! - [`backend`]: the compute backends and the one place that picks a Burn backend;
 //! - [`spec`]: the experiment file — types, loading, validation, `--set`;
@@ -17,6 +18,9 @@
 //! - [`sweep`]: families of experiments;
 //! - [`report`]: comparing runs;
 //! - [`cli`]: the command line, which only parses arguments and calls the above.
+
+#[macro_use]
+pub mod output;
 
 pub mod rng;
 

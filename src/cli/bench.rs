@@ -27,8 +27,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let loaded = spec::load(&args.experiment, &args.overrides.set)?;
     // A warning that is an error here (Cuda in a CPU-only build) is reported once, as one.
     loaded.require_runnable()?;
-    eprint!("{}", loaded.warnings.render());
+    eout!("{}", loaded.warnings.render());
     let report = bench::bench(&loaded, args.steps, args.warmup)?;
-    print!("{}", report.render());
+    out!("{}", report.render());
     Ok(())
 }

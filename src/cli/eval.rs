@@ -59,9 +59,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
     };
     let report = eval::evaluate_model(&args.model, &options)?;
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+        outln!("{}", serde_json::to_string(&report)?);
     } else {
-        println!(
+        outln!(
             "{} KL batches + {} reconstruction batches of {} × {} tokens, T = {}, seed {}",
             report.kl_batches,
             report.recon_batches,
@@ -70,9 +70,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
             report.timesteps,
             report.seed
         );
-        print!("{}", eval::format_estimates(&report.estimates));
+        out!("{}", eval::format_estimates(&report.estimates));
         if let Some(csv) = &report.eval_csv {
-            println!("appended to {}", csv.display());
+            outln!("appended to {}", csv.display());
         }
     }
     Ok(())

@@ -194,11 +194,11 @@ pub fn main() -> ExitCode {
         Err(e) if e.is::<Interrupted>() => ExitCode::from(130),
         // Experiment errors render their own located, multi-line report.
         Err(e) if e.is::<crate::spec::SpecError>() => {
-            eprintln!("{e}");
+            eoutln!("{e}");
             ExitCode::FAILURE
         }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eoutln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -69,8 +69,8 @@ pub fn run(args: SampleArgs) -> Result<()> {
         data: args.data,
     };
     let report = sample::sample_model(&args.model, &options)?;
-    print!("{}", sample::format_texts(&report.texts));
-    eprintln!(
+    out!("{}", sample::format_texts(&report.texts));
+    eoutln!(
         "{} × {} tokens, {} steps ({} sampler): {} network calls in {:.2} s; appended to {}",
         report.settings.batch,
         report.settings.seq_len,

@@ -89,7 +89,7 @@ pub fn sample_model(model: &Path, options: &SampleOptions) -> Result<SampleRepor
         bail!("--batch and --seq-len must be at least 1");
     }
     if settings.seq_len != trained_len {
-        eprintln!(
+        eoutln!(
             "note: the model was trained on sequences of {trained_len} tokens; sampling {}",
             settings.seq_len
         );
@@ -111,7 +111,7 @@ pub fn sample_model(model: &Path, options: &SampleOptions) -> Result<SampleRepor
         );
     }
 
-    eprintln!("model: {}", opened.describe());
+    eoutln!("model: {}", opened.describe());
     let job = SampleJob {
         opened: &opened,
         vocab: &vocab,

@@ -109,7 +109,7 @@ fn install_interrupt_handler() {
             INTERRUPTS.fetch_add(1, Ordering::SeqCst);
         });
         if let Err(e) = installed {
-            eprintln!(
+            eoutln!(
                 "warning: cannot handle Ctrl-C ({e}); a stopped sweep resumes its members from their last checkpoints when run again"
             );
         }
@@ -440,7 +440,7 @@ fn progress_bar(total: u64) -> ProgressBar {
 /// A line above the progress bar, or on stderr when the bar is hidden (not a terminal).
 fn say(bar: &ProgressBar, line: String) {
     if bar.is_hidden() {
-        eprintln!("{line}");
+        eoutln!("{line}");
     } else {
         bar.println(line);
     }

@@ -13,13 +13,13 @@ pub fn install() {
     INSTALL.call_once(|| {
         let installed = ctrlc::set_handler(|| {
             if REQUESTED.swap(true, Ordering::SeqCst) {
-                eprintln!("\nsecond interrupt: exiting without a final checkpoint");
+                eoutln!("\nsecond interrupt: exiting without a final checkpoint");
                 std::process::exit(130);
             }
-            eprintln!("\ninterrupt: saving a checkpoint at the end of this iteration (press Ctrl-C again to exit now)");
+            eoutln!("\ninterrupt: saving a checkpoint at the end of this iteration (press Ctrl-C again to exit now)");
         });
         if let Err(e) = installed {
-            eprintln!("warning: cannot handle Ctrl-C ({e}); an interrupted run resumes from its last checkpoint");
+            eoutln!("warning: cannot handle Ctrl-C ({e}); an interrupted run resumes from its last checkpoint");
         }
     });
 }

@@ -61,7 +61,7 @@ pub fn run_with(loaded: &spec::Loaded, results_root: &Path, launch: &Launch) -> 
     let placement = main_placement(experiment, launch)?;
     let corpus = data::open(&experiment.dataset)?;
     let run = RunDir::create(results_root, experiment)?;
-    eprintln!("run folder: {}", run.path().display());
+    eoutln!("run folder: {}", run.path().display());
     drive(experiment, &corpus, run, Start::Fresh, &placement)
 }
 
@@ -97,7 +97,7 @@ pub fn resume_with(run_dir: &Path, launch: &Launch) -> Result<RunReport> {
     }
     let corpus = data::open(&experiment.dataset)?;
     run.resume(ckpt.iteration, experiment.train.max_iters)?;
-    eprintln!(
+    eoutln!(
         "resuming {} at iteration {}",
         run.path().display(),
         ckpt.iteration
@@ -123,7 +123,7 @@ pub fn join(loaded: &spec::Loaded, launch: &Launch) -> Result<Ending> {
         bail!("node 0 owns the run folder: start it with `ddexp run` (or `ddexp run --resume`)");
     }
     let corpus = data::open(&experiment.dataset)?;
-    eprintln!(
+    eoutln!(
         "node {} of {}: replicas {}..{} of {}; node 0 logs and writes the checkpoints",
         placement.node_rank,
         experiment.topology.nodes,
@@ -276,7 +276,7 @@ fn train_and_evaluate<B: AutodiffBackend>(
         else {
             // The checkpoint at max_iters is on disk: a resumed run evaluates again.
             log.sync()?;
-            eprintln!("final evaluation interrupted");
+            eoutln!("final evaluation interrupted");
             let iteration = trained.iteration;
             return Ok((Ending::Interrupted { iteration }, vec![]));
         };
@@ -344,7 +344,7 @@ fn train_replicas<B: AutodiffBackend>(
                         )
                         .with_context(|| format!("replica {}", peer.rank()))?;
                         if let Err(e) = peer.finish() {
-                            eprintln!("warning: leaving the collective after training: {e:#}");
+                            eoutln!("warning: leaving the collective after training: {e:#}");
                         }
                         Ok(trained)
                     })

@@ -482,7 +482,7 @@ mod tests {
                 assert!((l2 - l1).abs() <= 1e-5 * l1, "step {k}: loss {l2} vs {l1}");
                 let d = max_abs_diff(&two[0][k].1, &one[0][k].1);
                 assert!(d <= 1e-5, "step {k}: weights differ by {d}");
-                eprintln!("accum {accum} step {k}: loss {l2} vs {l1}, max weight diff {d}");
+                eoutln!("accum {accum} step {k}: loss {l2} vs {l1}, max weight diff {d}");
             }
         }
     }

@@ -307,7 +307,7 @@ pub fn train<B: AutodiffBackend>(
                     row.loss, row.bits_per_token, row.tokens_per_s
                 );
                 if m.bar.is_hidden() {
-                    eprintln!(
+                    eoutln!(
                         "iter {it}: {message} | lr {:.3e} | grad norm {:.3}",
                         row.lr, row.grad_norm
                     );
@@ -363,7 +363,7 @@ pub fn train<B: AutodiffBackend>(
                     plus_minus(row.bits_per_token, row.bits_se)
                 );
                 if m.bar.is_hidden() {
-                    eprintln!("{message}");
+                    eoutln!("{message}");
                 } else {
                     m.bar.println(message);
                 }
