@@ -149,7 +149,7 @@ pub fn report(opts: &ReportOptions) -> Result<Report> {
     let out_dir = match (&opts.out, &single_sweep) {
         (Some(out), _) => out.clone(),
         (None, Some(sweep)) => sweep.join("report"),
-        (None, None) => opts.results_root.join("report"),
+        (None, None) => opts.results_root.join(crate::spec::REPORT_FOLDER),
     };
 
     let charts = charts(&runs, &groups, opts.window);

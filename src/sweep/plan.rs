@@ -13,7 +13,7 @@ use crate::spec::{self, sweep::Member};
 
 /// Where a sweep keeps its files: `<results>/sweeps/<sweep name>/`.
 pub fn results_dir(results_root: &Path, name: impl AsRef<Path>) -> PathBuf {
-    results_root.join("sweeps").join(name)
+    results_root.join(spec::SWEEPS_FOLDER).join(name)
 }
 
 /// A sweep, resolved and validated, before anything runs.
