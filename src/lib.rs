@@ -10,6 +10,7 @@
 //! - [`data`]: corpora, tokenisers, the token store and batch windows;
 //! - [`model`]: the Diffusion Transformer and its weights;
 //! - [`diffusion`]: the processes — noise, loss, reverse step, time samplers;
+//! - [`memory`]: what a job will need, estimated and checked before anything is allocated;
 //! - [`results`]: what a run writes (run folders, CSV logs, charts);
 //! - [`checkpoint`]: weights on disk (checkpoints, model folders, nanoDD imports);
 //! - [`eval`]: bits/token on a split;
@@ -33,6 +34,8 @@ pub mod data;
 pub mod model;
 
 pub mod diffusion;
+
+pub mod memory;
 
 pub mod results;
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use clap::Args;
 
-use super::{Interrupted, Overrides};
+use super::{Interrupted, MemoryCheck, Overrides};
 use crate::eval;
 use crate::spec;
 use crate::train::launch::Launch;
@@ -28,6 +28,8 @@ pub struct RunArgs {
     results: PathBuf,
     #[command(flatten)]
     launch: LaunchArgs,
+    #[command(flatten)]
+    memory: MemoryCheck,
 }
 
 /// Where this process sits in a multi-node topology. Each flag overrides its environment
@@ -69,6 +71,7 @@ impl LaunchArgs {
 }
 
 pub fn run(args: RunArgs) -> Result<()> {
+    args.memory.apply();
     let launch = args.launch.resolve()?;
     if launch.node_rank > 0 {
         return join(&args, &launch);

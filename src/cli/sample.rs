@@ -8,19 +8,20 @@ use clap::Args;
 
 use super::ModelChoice;
 use crate::sample::{self, AncestralSampler, SampleOptions};
+use crate::spec::limits::{MAX_BATCH, MAX_SEQ_LEN, MAX_STEPS};
 
 #[derive(Debug, Args)]
 pub struct SampleArgs {
     /// A run folder (results/<experiment>/<run>) or a model folder (from `ddexp import`).
     model: PathBuf,
     /// Sequences to draw.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=MAX_BATCH))]
     batch: u64,
     /// Tokens per sequence (default: the experiment's seq_len).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_SEQ_LEN))]
     seq_len: Option<u64>,
     /// Reverse steps on an evenly spaced grid of times (default: T, exact ancestral sampling).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_STEPS))]
     steps: Option<u64>,
     /// Seed of every random draw.
     #[arg(long, default_value_t = 0)]
@@ -48,6 +49,7 @@ pub struct SampleArgs {
 }
 
 pub fn run(args: SampleArgs) -> Result<()> {
+    args.choice.memory.apply();
     let sampler = if args.reference_sampler {
         AncestralSampler::Reference
     } else if args.every_step {

@@ -22,6 +22,7 @@ use animation::Animation;
 use crate::backend::{self, DeviceChoice, Devices, Job};
 use crate::checkpoint::{self, CheckpointChoice, SavedModel};
 use crate::data::{self, Vocab};
+use crate::memory;
 use crate::model::WeightSet;
 use crate::spec::{Dataset, Tokenizer};
 
@@ -88,6 +89,15 @@ pub fn sample_model(model: &Path, options: &SampleOptions) -> Result<SampleRepor
     if settings.batch == 0 || settings.seq_len == 0 {
         bail!("--batch and --seq-len must be at least 1");
     }
+    memory::require(
+        &memory::sampling(
+            &experiment.network,
+            opened.vocab_size,
+            settings.batch,
+            settings.seq_len,
+        ),
+        on,
+    )?;
     if settings.seq_len != trained_len {
         eoutln!(
             "note: the model was trained on sequences of {trained_len} tokens; sampling {}",

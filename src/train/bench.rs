@@ -19,6 +19,7 @@ use super::trainer::{State, step};
 use crate::backend::{self, Devices, Memory};
 use crate::data::{self, GPT2_VOCAB_SIZE, TEXT8_ALPHABET};
 use crate::diffusion::Diffusion;
+use crate::memory;
 use crate::model::DitConfig;
 use crate::rng::{self, Stream};
 use crate::spec::{self, Dataset, Experiment};
@@ -77,6 +78,10 @@ pub fn bench(loaded: &spec::Loaded, steps: u64, warmup: u64) -> Result<BenchRepo
     if steps == 0 {
         bail!("--steps must be at least 1");
     }
+    let limit = crate::spec::limits::MAX_STEPS;
+    if steps > limit || warmup > limit {
+        bail!("--steps and --warmup take at most {limit} steps each; got {steps} and {warmup}");
+    }
     let experiment = &loaded.experiment;
     let first_device = &experiment.topology.devices[..1];
     let job = BenchJob {
@@ -111,6 +116,10 @@ fn time_steps<B: AutodiffBackend>(
     let device = &devices.devices[0];
     let seq_len = experiment.dataset.seq_len();
     let batch = experiment.train.batch_size;
+    let need = |vocab| memory::training(experiment, vocab, 1, false);
+    if let Some(vocab) = memory::known_vocab(&experiment.dataset) {
+        memory::require(&need(vocab), devices.backend)?;
+    }
     let (vocab, data, corpus) = match data::open(&experiment.dataset) {
         Ok(corpus) => (
             corpus.vocab().size(),
@@ -123,6 +132,9 @@ fn time_steps<B: AutodiffBackend>(
             Dataset::Text { .. } | Dataset::Synthetic { .. } => return Err(e),
         },
     };
+    if memory::known_vocab(&experiment.dataset).is_none() {
+        memory::require(&need(vocab), devices.backend)?;
+    }
     let config = DitConfig::from_spec(&experiment.network, vocab)?;
     let diffusion = Diffusion::new(&experiment.model, vocab);
     let mut state = State::<B>::fresh(experiment, &config, device);
@@ -159,7 +171,7 @@ fn time_steps<B: AutodiffBackend>(
             });
         }
     }
-    Ok(BenchReport {
+    let report = BenchReport {
         backend: devices.label(),
         data,
         parameters: config.param_count(),
@@ -167,7 +179,12 @@ fn time_steps<B: AutodiffBackend>(
         warmup,
         step_ms,
         peak_memory: peak,
-    })
+    };
+    let mean = report.mean_ms();
+    if !mean.is_finite() || report.step_ms.is_empty() {
+        bail!("no timed step to report ({} timed steps, mean {mean} ms)", report.step_ms.len());
+    }
+    Ok(report)
 }
 
 fn random_note(e: &anyhow::Error) -> String {
