@@ -234,8 +234,7 @@ pub fn training(experiment: &Experiment, vocab: usize, devices: usize, resuming:
     } else {
         0.0
     };
-    let during =
-        replicas * (TRAIN_PER_PARAM * params + train.max(validation)) * FLOAT + reading;
+    let during = replicas * (TRAIN_PER_PARAM * params + train.max(validation)) * FLOAT + reading;
     let at_end = (params + eval) * FLOAT;
     let what = format!(
         "training {} ({} parameters, batches of {} × {} tokens{})",
@@ -263,12 +262,30 @@ pub fn training(experiment: &Experiment, vocab: usize, devices: usize, resuming:
             "weights, EMA and optimiser state",
             replicas * TRAIN_PER_PARAM * params * FLOAT,
         )
-        .add(
-            "activations",
-            replicas * train.max(validation) * FLOAT,
-        )
+        .add("activations", replicas * train.max(validation) * FLOAT)
         .add("the checkpoint being read", reading)
     }
+}
+
+/// The training step alone, as `ddexp bench` times it (one replica, no validation or final
+/// evaluation).
+pub fn training_step(experiment: &Experiment, vocab: usize) -> Need {
+    let net = &experiment.network;
+    let params = parameters(net, vocab);
+    let seq_len = experiment.dataset.seq_len();
+    Need::new(format!(
+        "the training step of {} ({} parameters, batches of {} × {seq_len} tokens)",
+        experiment.name, params as u64, experiment.train.batch_size
+    ))
+    .add("the corpus", corpus_bytes(&experiment.dataset))
+    .add(
+        "weights, EMA and optimiser state",
+        TRAIN_PER_PARAM * params * FLOAT,
+    )
+    .add(
+        "activations",
+        activations(TRAINING, net, vocab, experiment.train.batch_size, seq_len) * FLOAT,
+    )
 }
 
 /// Evaluating a saved model of `experiment` with batches of `batch` sequences.
@@ -407,7 +424,10 @@ mod tests {
         let err = require(&training(&huge, 27, 64, true), Backend::Cpu);
         if let Err(e) = err {
             let text = e.to_string();
-            assert!(text.contains("needs ≈") && text.contains("this machine has"), "{text}");
+            assert!(
+                text.contains("needs ≈") && text.contains("this machine has"),
+                "{text}"
+            );
         }
     }
 }

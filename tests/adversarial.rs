@@ -316,7 +316,10 @@ fn import_refuses_a_tensor_whose_storage_is_missing() {
     rewrite_zip(&nanodd_ckpt(), &ckpt, |name, data| {
         (!name.ends_with("/data/3")).then_some(data)
     });
-    let ran = ddexp(dir.path(), &["import", "nanodd", "missing.pt", "--out", "m"]);
+    let ran = ddexp(
+        dir.path(),
+        &["import", "nanodd", "missing.pt", "--out", "m"],
+    );
     ran.refused(&["missing.pt is damaged", "data/3", "missing from the zip"]);
     assert!(!dir.path().join("m").exists());
 }
@@ -330,7 +333,11 @@ fn import_refuses_a_storage_offset_past_its_storage() {
         d[at + 2] = 100;
     });
     let ran = ddexp(dir.path(), &["import", "nanodd", "offset.pt", "--out", "m"]);
-    ran.refused(&["offset.pt is damaged", "offset 100", "the storage holds 256"]);
+    ran.refused(&[
+        "offset.pt is damaged",
+        "offset 100",
+        "the storage holds 256",
+    ]);
     assert!(!dir.path().join("m").exists());
 }
 
@@ -425,7 +432,10 @@ fn sample_refuses_non_finite_ema_weights() {
         *w = burn::tensor::TensorData::new(vec![f32::INFINITY; 28 * 32], [28, 32]);
     });
     let before = snapshot(&run);
-    let ran = ddexp(dir.path(), &["sample", run.to_str().unwrap(), "--steps", "5"]);
+    let ran = ddexp(
+        dir.path(),
+        &["sample", run.to_str().unwrap(), "--steps", "5"],
+    );
     ran.refused(&["NaN or infinite", "net.vocab_embed.weight"]);
     assert_unchanged(&before, &run, &ran);
     assert!(!run.join("samples.txt").exists());
@@ -509,7 +519,11 @@ fn a_deeply_nested_file_in_a_sweep_folder_stops_the_sweep_cleanly() {
     write(&dir.path().join("sw/good.ron"), &tiny("good"));
     write(&dir.path().join("sw/deep.ron"), &nested(10_000));
     let ran = ddexp(dir.path(), &["sweep", "sw"]);
-    ran.refused(&["deep.ron:1:65", "nested more than 64 levels", "nothing was run"]);
+    ran.refused(&[
+        "deep.ron:1:65",
+        "nested more than 64 levels",
+        "nothing was run",
+    ]);
     assert!(!dir.path().join("results").exists());
 }
 
@@ -532,9 +546,17 @@ fn training_goes_on_when_its_output_pipe_closes() {
     let ran = finish(child, started, Duration::from_secs(120));
     let run = runs(dir.path(), "tiny").pop().expect("a run folder");
     let info = std::fs::read_to_string(run.join("run.json")).unwrap();
-    assert!(info.contains("\"status\": \"completed\""), "{info}\n{}", ran.text());
+    assert!(
+        info.contains("\"status\": \"completed\""),
+        "{info}\n{}",
+        ran.text()
+    );
     let evals = std::fs::read_to_string(run.join("eval.csv")).unwrap();
-    assert_eq!(evals.lines().count(), 3, "a header and two splits:\n{evals}");
+    assert_eq!(
+        evals.lines().count(),
+        3,
+        "a header and two splits:\n{evals}"
+    );
 }
 
 /// `ddexp args` with its stdout closed before it writes anything.
@@ -581,7 +603,12 @@ fn huge_eval_iters_are_refused_not_a_capacity_overflow() {
     write(&dir.path().join("tiny.ron"), &tiny("tiny"));
     let ran = ddexp(
         dir.path(),
-        &["run", "tiny.ron", "--set", "train.eval_iters=18446744073709551615"],
+        &[
+            "run",
+            "tiny.ron",
+            "--set",
+            "train.eval_iters=18446744073709551615",
+        ],
     );
     ran.refused(&["train.eval_iters", "must be at most 1000000"]);
     assert!(!dir.path().join("results").exists());
@@ -737,7 +764,10 @@ fn an_eval_batch_too_big_is_refused_before_training_not_at_the_final_evaluation(
             "dataset=Synthetic(seq_len: 4096, train_tokens: 20000, eval_tokens: 10000)",
         ],
     );
-    ran.refused(&["needs ≈", "the final evaluation's batches of 65536 sequences"]);
+    ran.refused(&[
+        "needs ≈",
+        "the final evaluation's batches of 65536 sequences",
+    ]);
     assert!(!dir.path().join("results").exists());
 }
 
@@ -973,7 +1003,10 @@ fn two_sweep_folders_of_one_name_never_share_a_summary() {
     let results = dir.path().join("results/sweeps/swc");
     let before = snapshot(&results);
     let ran = ddexp(dir.path(), &["sweep", "b/swc"]);
-    ran.refused(&["another sweep folder named `swc`", "Rename this sweep folder"]);
+    ran.refused(&[
+        "another sweep folder named `swc`",
+        "Rename this sweep folder",
+    ]);
     assert_unchanged(&before, &results, &ran);
     assert!(runs(dir.path(), "from-b").is_empty());
 }
@@ -987,7 +1020,12 @@ fn report_out_refuses_a_sweeps_own_folder() {
     let before = snapshot(&results);
     let ran = ddexp(
         dir.path(),
-        &["report", "results/sweeps/swc", "--out", "results/sweeps/swc"],
+        &[
+            "report",
+            "results/sweeps/swc",
+            "--out",
+            "results/sweeps/swc",
+        ],
     );
     ran.refused(&["is a sweep's results folder", "would overwrite"]);
     assert_unchanged(&before, &results, &ran);
@@ -1000,7 +1038,12 @@ fn report_out_refuses_a_run_folder() {
     let before = snapshot(&run);
     let ran = ddexp(
         dir.path(),
-        &["report", run.to_str().unwrap(), "--out", run.to_str().unwrap()],
+        &[
+            "report",
+            run.to_str().unwrap(),
+            "--out",
+            run.to_str().unwrap(),
+        ],
     );
     ran.refused(&["is a run folder", "would overwrite"]);
     assert_unchanged(&before, &run, &ran);
@@ -1011,7 +1054,10 @@ fn an_experiment_named_report_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     write(&dir.path().join("report.ron"), &tiny("report"));
     let ran = ddexp(dir.path(), &["run", "report.ron"]);
-    ran.refused(&["`name`", "`report` is the folder ddexp keeps its own files in"]);
+    ran.refused(&[
+        "`name`",
+        "`report` is the folder ddexp keeps its own files in",
+    ]);
     assert!(!dir.path().join("results").exists());
 }
 
@@ -1027,12 +1073,28 @@ fn an_experiment_named_sweeps_in_any_case_is_refused() {
 #[test]
 fn data_prepare_text_reads_symlinked_files() {
     let dir = tempfile::tempdir().unwrap();
-    write(&dir.path().join("src/a.txt"), &"the cat sat on the mat. ".repeat(400));
-    write(&dir.path().join("elsewhere/b.txt"), &"a dog ran in the fog. ".repeat(400));
+    write(
+        &dir.path().join("src/a.txt"),
+        &"the cat sat on the mat. ".repeat(400),
+    );
+    write(
+        &dir.path().join("elsewhere/b.txt"),
+        &"a dog ran in the fog. ".repeat(400),
+    );
     symlink("../elsewhere/b.txt", dir.path().join("src/b.txt"));
     let ran = ddexp(
         dir.path(),
-        &["data", "prepare", "text", "--from", "src", "--tokenizer", "char", "--root", "d"],
+        &[
+            "data",
+            "prepare",
+            "text",
+            "--from",
+            "src",
+            "--tokenizer",
+            "char",
+            "--root",
+            "d",
+        ],
     );
     ran.succeeded();
     // `g` is only in the linked file.
@@ -1044,11 +1106,24 @@ fn data_prepare_text_reads_symlinked_files() {
 #[test]
 fn data_prepare_text_names_a_symlink_loop() {
     let dir = tempfile::tempdir().unwrap();
-    write(&dir.path().join("src/a.txt"), &"the cat sat on the mat. ".repeat(400));
+    write(
+        &dir.path().join("src/a.txt"),
+        &"the cat sat on the mat. ".repeat(400),
+    );
     symlink("..", dir.path().join("src/up"));
     let ran = ddexp(
         dir.path(),
-        &["data", "prepare", "text", "--from", "src", "--tokenizer", "char", "--root", "d"],
+        &[
+            "data",
+            "prepare",
+            "text",
+            "--from",
+            "src",
+            "--tokenizer",
+            "char",
+            "--root",
+            "d",
+        ],
     );
     ran.refused(&["loop", "src/up"]);
     assert!(!dir.path().join("d").exists());
@@ -1104,7 +1179,10 @@ fn a_sweep_counts_its_symlinked_members() {
 #[test]
 fn a_byte_order_mark_is_accepted() {
     let dir = tempfile::tempdir().unwrap();
-    write(&dir.path().join("bom.ron"), &format!("\u{feff}{}", tiny("bom")));
+    write(
+        &dir.path().join("bom.ron"),
+        &format!("\u{feff}{}", tiny("bom")),
+    );
     let ran = ddexp(dir.path(), &["validate", "bom.ron"]);
     ran.succeeded();
     assert!(ran.stdout.contains("ok      bom.ron"), "{}", ran.text());

@@ -42,10 +42,10 @@ pub fn non_finite<'a>(
         let finite = match data.dtype {
             DType::F32 => data
                 .as_slice::<f32>()
-                .map_or(false, |v| v.iter().all(|x| x.is_finite())),
+                .is_ok_and(|v| v.iter().all(|x| x.is_finite())),
             DType::F64 | DType::F16 | DType::BF16 => data
                 .to_vec::<f64>()
-                .map_or(false, |v| v.iter().all(|x| x.is_finite())),
+                .is_ok_and(|v| v.iter().all(|x| x.is_finite())),
             _ => true,
         };
         (!finite).then_some(name.as_str())

@@ -245,19 +245,15 @@ pub fn import_nanodd(ckpt: &Path, out: &Path, which: WeightSet) -> Result<Import
     let (experiment, notes) = experiment_from_args(out, &args, &training_args);
     // The recorded arguments go through the experiment's own checks (bounds included)
     // before anything is built from them: a crafted T of 10^12 is refused, not allocated.
-    let experiment = spec::load_str(
-        Path::new("experiment.ron"),
-        &spec::to_ron(&experiment),
-        &[],
-    )
-    .map_err(|e| {
-        anyhow!(
-            "{}: the checkpoint's model_args and training_args do not make a valid \
+    let experiment = spec::load_str(Path::new("experiment.ron"), &spec::to_ron(&experiment), &[])
+        .map_err(|e| {
+            anyhow!(
+                "{}: the checkpoint's model_args and training_args do not make a valid \
              experiment:\n{e}",
-            ckpt.display()
-        )
-    })?
-    .experiment;
+                ckpt.display()
+            )
+        })?
+        .experiment;
     let config = DitConfig::from_spec(&experiment.network, args.vocab_size).with_context(|| {
         format!(
             "{}: model_args describe an impossible network",

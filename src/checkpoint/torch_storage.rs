@@ -61,7 +61,10 @@ pub fn check(path: &Path) -> Result<u64> {
         }
     }
     let Some((pickle_name, pickle_size)) = pickle_entry else {
-        bail!("{} has no data.pkl: it is not a PyTorch checkpoint", path.display());
+        bail!(
+            "{} has no data.pkl: it is not a PyTorch checkpoint",
+            path.display()
+        );
     };
     if pickle_size > MAX_PICKLE_BYTES {
         bail!(
@@ -167,7 +170,10 @@ enum V {
 
 /// The tensors a pickle rebuilds, in order.
 pub fn tensors(pickle: &[u8]) -> Result<Vec<StoredTensor>> {
-    let mut r = Reader { data: pickle, pos: 0 };
+    let mut r = Reader {
+        data: pickle,
+        pos: 0,
+    };
     let mut stack: Vec<Rc<V>> = vec![];
     let mut memo: HashMap<u32, Rc<V>> = HashMap::new();
     let mut found = vec![];
@@ -392,7 +398,9 @@ impl Reader<'_> {
             .iter()
             .position(|&b| b == b'\n')
             .context("the pickle ends early")?;
-        let text = String::from_utf8_lossy(&rest[..n]).trim_end_matches('\r').to_string();
+        let text = String::from_utf8_lossy(&rest[..n])
+            .trim_end_matches('\r')
+            .to_string();
         self.pos += n + 1;
         Ok(text)
     }

@@ -282,8 +282,16 @@ fn long_line_window(text: &str, span: Span) -> Option<String> {
         .chars()
         .take(MAX_SNIPPET_LINE - shown_before)
         .collect();
-    let cut_before = if shown_before < before.len() { "…" } else { "" };
-    let cut_after = if start + rest.len() < line_end { "…" } else { "" };
+    let cut_before = if shown_before < before.len() {
+        "…"
+    } else {
+        ""
+    };
+    let cut_after = if start + rest.len() < line_end {
+        "…"
+    } else {
+        ""
+    };
     let marked = text[start..span.end.clamp(start, line_end)]
         .chars()
         .count()

@@ -771,7 +771,11 @@ mod tests {
     fn deep_nesting_is_an_error_not_a_stack_overflow() {
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
         let err = parse(&deep).unwrap_err();
-        assert!(err.message.contains("nested more than 64"), "{}", err.message);
+        assert!(
+            err.message.contains("nested more than 64"),
+            "{}",
+            err.message
+        );
         assert_eq!(err.span.start, MAX_DEPTH);
         let ok = format!("{}{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
         assert!(parse(&ok).is_ok());
@@ -785,7 +789,11 @@ mod tests {
             panic!("expected a struct")
         };
         assert_eq!(fields[0].name.name, "a");
-        assert_eq!(fields[0].name.span, 4..5, "spans count the mark's three bytes");
+        assert_eq!(
+            fields[0].name.span,
+            4..5,
+            "spans count the mark's three bytes"
+        );
         let err = parse("(a: \u{200b}1)").unwrap_err();
         assert!(err.message.contains("U+200B"), "{}", err.message);
         let err = parse("(a: 1)\u{feff}").unwrap_err();

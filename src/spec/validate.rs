@@ -153,7 +153,9 @@ pub fn semantic(e: &Experiment) -> Vec<Problem> {
         problems.push(Problem {
             expected: Some(format!(
                 "a name other than {}",
-                super::RESERVED_NAMES.map(|n| format!("`{n}`")).join(" and ")
+                super::RESERVED_NAMES
+                    .map(|n| format!("`{n}`"))
+                    .join(" and ")
             )),
             found: Some(format!("{:?}", e.name)),
             ..problem(
@@ -176,9 +178,7 @@ pub fn semantic(e: &Experiment) -> Vec<Problem> {
                 .and_then(|t| t.checked_mul(e.train.max_iters));
             if run_tokens.is_none() {
                 problems.push(Problem {
-                    expected: Some(
-                        "global batch × seq_len × max_iters below 2^64 tokens".into(),
-                    ),
+                    expected: Some("global batch × seq_len × max_iters below 2^64 tokens".into()),
                     found: Some(format!(
                         "{g} × {} × {}",
                         e.dataset.seq_len(),

@@ -36,6 +36,8 @@ pub struct BenchReport {
     pub step_ms: Vec<f64>,
     /// Peak memory: resident set of the process on CPU, reserved device memory on GPUs.
     pub peak_memory: Option<Memory>,
+    /// What [`memory::training_step`] estimated before the first step, in bytes.
+    pub estimate: f64,
 }
 
 impl BenchReport {
@@ -57,7 +59,7 @@ impl BenchReport {
             None => "not measured on this platform".into(),
         };
         format!(
-            "backend:     {}\ndata:        {}\nparameters:  {}\ntokens/step: {}\nsteps:       {} timed after {} warm-up\nms/step:     {:.1} (min {:.1}, max {:.1})\ntokens/s:    {:.0}\npeak memory: {memory}\n",
+            "backend:     {}\ndata:        {}\nparameters:  {}\ntokens/step: {}\nsteps:       {} timed after {} warm-up\nms/step:     {:.1} (min {:.1}, max {:.1})\ntokens/s:    {:.0}\npeak memory: {memory}\nestimate:    ≈ {:.1} MiB (checked before the first step)\n",
             self.backend,
             self.data,
             self.parameters,
@@ -68,6 +70,7 @@ impl BenchReport {
             min,
             max,
             self.tokens_per_s(),
+            self.estimate / (1u64 << 20) as f64,
         )
     }
 }
@@ -116,7 +119,7 @@ fn time_steps<B: AutodiffBackend>(
     let device = &devices.devices[0];
     let seq_len = experiment.dataset.seq_len();
     let batch = experiment.train.batch_size;
-    let need = |vocab| memory::training(experiment, vocab, 1, false);
+    let need = |vocab| memory::training_step(experiment, vocab);
     if let Some(vocab) = memory::known_vocab(&experiment.dataset) {
         memory::require(&need(vocab), devices.backend)?;
     }
@@ -179,10 +182,14 @@ fn time_steps<B: AutodiffBackend>(
         warmup,
         step_ms,
         peak_memory: peak,
+        estimate: need(vocab).bytes(),
     };
     let mean = report.mean_ms();
     if !mean.is_finite() || report.step_ms.is_empty() {
-        bail!("no timed step to report ({} timed steps, mean {mean} ms)", report.step_ms.len());
+        bail!(
+            "no timed step to report ({} timed steps, mean {mean} ms)",
+            report.step_ms.len()
+        );
     }
     Ok(report)
 }

@@ -295,7 +295,7 @@ pub fn train<B: AutodiffBackend>(
             peer,
         };
         if !validate(&context, &mut state, &mut main)? {
-            return Ok(stopped_in_validation(state, &diffusion, experiment_ron, main)?);
+            return stopped_in_validation(state, &diffusion, experiment_ron, main);
         }
     }
 
@@ -345,7 +345,8 @@ pub fn train<B: AutodiffBackend>(
                 if m.bar.is_hidden() {
                     eoutln!(
                         "iter {it}: {message} | lr {:.3e} | grad norm {:.3}",
-                        row.lr, row.grad_norm
+                        row.lr,
+                        row.grad_norm
                     );
                 }
                 m.bar.set_message(message);
@@ -365,7 +366,7 @@ pub fn train<B: AutodiffBackend>(
             let validated = validate(&context, &mut state, &mut main)
                 .map_err(|e| anyhow::anyhow!("{e:#}; {}", kept(last_checkpoint, &main)))?;
             if !validated {
-                return Ok(stopped_in_validation(state, &diffusion, experiment_ron, main)?);
+                return stopped_in_validation(state, &diffusion, experiment_ron, main);
             }
             saved = true;
         } else if periodic || report.stop {
