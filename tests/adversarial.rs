@@ -946,6 +946,39 @@ fn ctrl_c_during_a_validation_stops_between_batches_with_a_checkpoint() {
 
 #[cfg(unix)]
 #[test]
+fn sigterm_during_a_long_accumulated_step_stops_between_micro_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    write(&dir.path().join("tiny.ron"), &tiny("tiny"));
+    let started = Instant::now();
+    // 20 000 micro-batches make one optimiser step last far longer than the test.
+    let child = command(
+        dir.path(),
+        &["run", "tiny.ron", "--set", "train.grad_accum=20000"],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let signalled = Instant::now();
+    let ran = finish(child, started, started.elapsed() + Duration::from_secs(20));
+    let stop_secs = signalled.elapsed().as_secs_f64();
+    assert_eq!(ran.code, Some(130), "{}", ran.text());
+    assert!(stop_secs < 10.0, "stopped after {stop_secs:.1} s");
+    let run = runs(dir.path(), "tiny").pop().unwrap();
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap()).unwrap();
+    assert_eq!(info["status"], "interrupted", "{}", ran.text());
+    assert_eq!(
+        info["checkpoint_iter"], 0,
+        "the last completed step is kept"
+    );
+}
+
+#[cfg(unix)]
+#[test]
 fn a_run_stopped_in_validation_validates_that_step_when_resumed() {
     let dir = tempfile::tempdir().unwrap();
     write(&dir.path().join("tiny.ron"), &tiny("tiny"));

@@ -130,6 +130,9 @@ pub struct StepReport {
     pub lr: f64,
     /// Some replica was asked to stop (Ctrl-C): every replica stops after this step.
     pub stop: bool,
+    /// A lone replica was asked to stop between two micro-batches: the step was given up
+    /// and nothing changed (replicas that share a step finish it, and stop after it).
+    pub abandoned: bool,
 }
 
 /// One optimiser step at iteration `state.iteration` for the replica `peer`, reading its
@@ -160,6 +163,15 @@ pub fn step<B: AutodiffBackend>(
     let mut accumulator = GradientsAccumulator::<Dit<B>>::new();
     let mut stats = LossStats::default();
     for micro in 0..t.grad_accum {
+        if micro > 0 && world == 1 && interrupt::requested() {
+            return Ok(StepReport {
+                stats: LossStats::default(),
+                grad_norm: 0.0,
+                lr,
+                stop: true,
+                abandoned: true,
+            });
+        }
         let local = local_times(&times, micro, rank, world, t.batch_size);
         let x0 = token_tensor::<B>(&batch(it, micro as u64), t.batch_size, seq_len, device);
         let first_row = (rank * t.batch_size) as u64;
@@ -211,6 +223,7 @@ pub fn step<B: AutodiffBackend>(
         grad_norm,
         lr,
         stop,
+        abandoned: false,
     })
 }
 
@@ -315,6 +328,18 @@ pub fn train<B: AutodiffBackend>(
         )
         .map_err(|e| anyhow::anyhow!("{e:#}; {}", kept(last_checkpoint, &main)))?;
         let it = state.iteration;
+        if report.abandoned {
+            // Ctrl-C between micro-batches: the state is the last completed step's.
+            if let Some(m) = main.as_mut() {
+                save(&state, &diffusion, experiment_ron, m, false)?;
+                m.bar.abandon();
+            }
+            return Ok(Outcome {
+                ending: Ending::Interrupted { iteration: it },
+                ema: state.ema.weights,
+                iteration: it,
+            });
+        }
 
         if let Some(m) = main.as_mut() {
             m.step_time += step_started.elapsed();
