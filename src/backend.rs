@@ -340,6 +340,24 @@ pub fn run<J: Job>(backend: Backend, indices: &[usize], job: J) -> Result<J::Out
     }
 }
 
+/// Memory free for a new job on `backend` now, where the backend can tell: on the CPU,
+/// MemAvailable of /proc/meminfo (what the kernel can give without swapping); `None`
+/// elsewhere (a GPU's free memory is not read yet, so jobs there are not checked).
+pub fn available_memory(backend: Backend) -> Option<Memory> {
+    match backend.hardware() {
+        Hardware::Cpu => {
+            let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+            let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(Memory {
+                bytes: kib.saturating_mul(1024),
+                what: "MemAvailable in /proc/meminfo",
+            })
+        }
+        _ => None,
+    }
+}
+
 /// Peak resident set size of this process (Linux: VmHWM in /proc/self/status).
 fn peak_resident_set() -> Option<Memory> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;

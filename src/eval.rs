@@ -30,6 +30,7 @@ use crate::backend::{self, DeviceChoice, Devices, Job};
 use crate::checkpoint::{self, CheckpointChoice, SavedModel};
 use crate::data::{self, Corpus};
 use crate::diffusion::{Bound, Diffusion, Moments};
+use crate::memory;
 use crate::model::{Dit, WeightSet, token_tensor};
 use crate::results::stats::plus_minus;
 use crate::results::{EvalRow, RunDir};
@@ -113,7 +114,7 @@ pub fn estimate<B: Backend>(
 ) -> Option<Estimate> {
     let device = net.devices()[0].clone();
     let mut running = Running::default();
-    let total = settings.kl_batches + settings.recon_batches;
+    let total = settings.kl_batches.saturating_add(settings.recon_batches);
     for batch in 0..total {
         let is_kl = batch < settings.kl_batches;
         let mut rng = rng::rng(settings.seed, Stream::EvalTimes, &[split as u64, batch]);
@@ -238,6 +239,11 @@ pub fn evaluate_model(model: &Path, options: &EvalOptions) -> Result<EvalReport>
     corpus
         .check_model_vocab(opened.vocab_size)
         .with_context(|| format!("evaluating {}", opened.describe()))?;
+    let batch = options.batch_size.unwrap_or(experiment.eval.batch_size);
+    memory::require(
+        &memory::evaluation(experiment, opened.vocab_size, batch),
+        on,
+    )?;
     let splits = options
         .splits
         .clone()
@@ -266,8 +272,8 @@ pub fn evaluate_model(model: &Path, options: &EvalOptions) -> Result<EvalReport>
         Some(run) if run.csv_path::<EvalRow>().exists() => Some(run.log::<EvalRow>()?),
         _ => None,
     };
-    eprintln!("model: {}", opened.describe());
-    eprintln!("data: {}", corpus.description());
+    eoutln!("model: {}", opened.describe());
+    eoutln!("data: {}", corpus.description());
     let job = EvalJob {
         opened: &opened,
         corpus: &corpus,
@@ -275,6 +281,9 @@ pub fn evaluate_model(model: &Path, options: &EvalOptions) -> Result<EvalReport>
         settings,
     };
     let estimates = backend::run(on, &[device], job)?;
+    for estimate in &estimates {
+        check_finite(estimate)?;
+    }
 
     let eval_csv = match run {
         Some(run) => {
@@ -341,6 +350,25 @@ impl Job for EvalJob<'_> {
     }
 }
 
+/// Refuses an estimate that is not a number: it is never written as a row. Weights that
+/// are finite can still overflow on some input, and a term without a batch is NaN.
+pub fn check_finite(estimate: &Estimate) -> Result<()> {
+    // The standard error of a single sequence is NaN by definition; the estimate is not.
+    if !estimate.bits_per_token().is_finite() {
+        bail!(
+            "the {} estimate is not a number (KL term {} bits over {} sequences, \
+             reconstruction term {} bits over {} sequences): the network's output overflows \
+             on this data; nothing was written",
+            estimate.split,
+            estimate.kl.bits,
+            estimate.kl.sequences,
+            estimate.recon.bits,
+            estimate.recon.sequences
+        );
+    }
+    Ok(())
+}
+
 /// The eval.csv row of `estimate`, made with `settings` from `weights` after `iteration`
 /// optimiser steps.
 pub fn eval_row(
@@ -376,7 +404,7 @@ pub fn evaluate_with_progress<B: Backend>(
     settings: &EvalSettings,
     stop: &dyn Fn() -> bool,
 ) -> Option<Estimate> {
-    let bar = ProgressBar::new(settings.kl_batches + settings.recon_batches);
+    let bar = ProgressBar::new(settings.kl_batches.saturating_add(settings.recon_batches));
     bar.set_style(
         ProgressStyle::with_template("{prefix} {bar:30} {pos}/{len} batches | {msg} | eta {eta}")
             .expect("a valid template"),

@@ -18,6 +18,7 @@ mod model_folder;
 mod nanodd;
 mod open;
 pub mod tensor_file;
+pub mod torch_storage;
 mod training;
 
 pub use model_folder::{
@@ -30,6 +31,27 @@ pub use nanodd::{
 };
 pub use open::{CheckpointChoice, LoadedModel, Origin, SavedModel, open};
 pub use training::{BEST, Checkpoint, CheckpointWeights, LATEST};
+
+/// The name of the first tensor among `tensors` that holds a NaN or an infinity (integer
+/// tensors are skipped). Weights read from disk are checked so that a damaged or diverged
+/// file fails with its name, instead of evaluating to NaN or sampling blanks.
+pub fn non_finite<'a>(
+    tensors: impl IntoIterator<Item = (&'a String, &'a burn::tensor::TensorData)>,
+) -> Option<&'a str> {
+    use burn::tensor::DType;
+    tensors.into_iter().find_map(|(name, data)| {
+        let finite = match data.dtype {
+            DType::F32 => data
+                .as_slice::<f32>()
+                .is_ok_and(|v| v.iter().all(|x| x.is_finite())),
+            DType::F64 | DType::F16 | DType::BF16 => data
+                .to_vec::<f64>()
+                .is_ok_and(|v| v.iter().all(|x| x.is_finite())),
+            _ => true,
+        };
+        (!finite).then_some(name.as_str())
+    })
+}
 
 /// Prefix of the network's weights in a D3PM-level state dict (nanoDD's `self.net`).
 pub const NET_PREFIX: &str = "net.";

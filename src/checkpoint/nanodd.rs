@@ -22,7 +22,9 @@ use super::model_folder::{
     network_from_weights, split_checked, write_model_folder,
 };
 use super::open::LoadedModel;
+use super::torch_storage;
 use crate::diffusion::Diffusion;
+use crate::memory;
 use crate::model::{Dit, DitConfig, StateDict, WeightSet, as_f32};
 use crate::spec;
 
@@ -57,6 +59,25 @@ pub struct NanoddCheckpoint {
 /// Reads `path` and the chosen weight set, with precise errors for files that are not
 /// nanoDD checkpoints.
 pub fn read_checkpoint(path: &Path, which: WeightSet) -> Result<NanoddCheckpoint> {
+    if path.is_dir() {
+        let inside: Vec<String> = std::fs::read_dir(path)
+            .map(|dir| {
+                dir.filter_map(|e| e.ok())
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "pt" || x == "pth"))
+                    .map(|p| p.display().to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        bail!(
+            "{} is a folder; give the checkpoint file itself{}",
+            path.display(),
+            match inside.first() {
+                Some(file) => format!(", e.g. {file}"),
+                None => " (nanoDD writes ckpt.pt into its out_dir)".into(),
+            }
+        );
+    }
     if !path.is_file() {
         bail!("{}: no such file", path.display());
     }
@@ -114,6 +135,10 @@ pub fn read_checkpoint(path: &Path, which: WeightSet) -> Result<NanoddCheckpoint
         Some(PickleValue::Int(n)) if *n >= 0 => Some(*n as u64),
         _ => None,
     };
+    // Every tensor must lie within its storage before any is read (the reader would
+    // zero-fill what is missing), and all of them must fit in memory.
+    let bytes = torch_storage::check(path)?;
+    memory::require(&memory::import(bytes as f64), crate::backend::Backend::Cpu)?;
 
     let (key, prefix) = match which {
         WeightSet::Model => ("model", ""),
@@ -242,6 +267,17 @@ pub fn import_nanodd(ckpt: &Path, out: &Path, which: WeightSet) -> Result<Import
         weights,
     } = checkpoint;
     let (experiment, notes) = experiment_from_args(out, &args, &training_args);
+    // The recorded arguments go through the experiment's own checks (bounds included)
+    // before anything is built from them: a crafted T of 10^12 is refused, not allocated.
+    let experiment = spec::load_str(Path::new("experiment.ron"), &spec::to_ron(&experiment), &[])
+        .map_err(|e| {
+            anyhow!(
+                "{}: the checkpoint's model_args and training_args do not make a valid \
+             experiment:\n{e}",
+                ckpt.display()
+            )
+        })?
+        .experiment;
     let config = DitConfig::from_spec(&experiment.network, args.vocab_size).with_context(|| {
         format!(
             "{}: model_args describe an impossible network",
@@ -398,7 +434,10 @@ fn experiment_name(out: &Path) -> String {
         })
         .take(100)
         .collect();
-    if cleaned.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+    let reserved = spec::RESERVED_NAMES
+        .iter()
+        .any(|r| r.eq_ignore_ascii_case(&cleaned));
+    if cleaned.starts_with(|c: char| c.is_ascii_alphanumeric()) && !reserved {
         cleaned
     } else {
         format!("nanodd{cleaned}").chars().take(100).collect()

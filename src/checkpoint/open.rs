@@ -103,7 +103,7 @@ pub fn open(path: &Path, weights: WeightSet, checkpoint: CheckpointChoice) -> Re
     if !path.is_dir() {
         bail!(not_a_folder(path));
     }
-    if path.join(INFO_FILE).exists() {
+    let saved = if path.join(INFO_FILE).exists() {
         if checkpoint != CheckpointChoice::Latest {
             bail!(
                 "--checkpoint {}: {} is a model folder, which holds one set of weights; \
@@ -112,15 +112,42 @@ pub fn open(path: &Path, weights: WeightSet, checkpoint: CheckpointChoice) -> Re
                 path.display()
             );
         }
-        open_model_folder(path, weights)
+        open_model_folder(path, weights)?
     } else if path.join(RUN_INFO_FILE).exists() {
-        open_run_folder(path, weights, checkpoint)
+        open_run_folder(path, weights, checkpoint)?
     } else {
         bail!(neither(path))
-    }
+    };
+    saved.check()?;
+    Ok(saved)
 }
 
 impl SavedModel {
+    /// Refuses weights that hold NaN or infinities (a damaged file, or a run that diverged
+    /// between checkpoints of its EMA): they would evaluate to NaN and sample blanks. A run
+    /// folder's checkpoint must also lie within its experiment's max_iters.
+    fn check(&self) -> Result<()> {
+        if let Some(name) = super::non_finite(self.state.0.iter()) {
+            bail!(
+                "the {} weights in {} hold NaN or infinite values (in `{name}`): there is no \
+                 model to use; take another checkpoint or weight set (--checkpoint, --weights)",
+                self.weights.name(),
+                self.weights_file.display()
+            );
+        }
+        if let Origin::Run { iteration, .. } = self.origin {
+            let max = self.experiment.train.max_iters;
+            if iteration > max {
+                bail!(
+                    "{}: the checkpoint is at iteration {iteration}, beyond its experiment's \
+                     max_iters ({max}): it does not belong to this run",
+                    self.weights_file.display()
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Builds the network and its process on `device`.
     pub fn load<B: Backend>(&self, device: &B::Device) -> Result<LoadedModel<B>> {
         let (diffusion, net) =

@@ -21,7 +21,8 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::TensorData;
 
 use super::tensor_file;
-use crate::model::{StateDict, WeightSet};
+use crate::model::{DitConfig, StateDict, WeightSet, check_names_and_shapes};
+use crate::spec;
 
 const FORMAT: &str = "ddexp-checkpoint";
 const VERSION: &str = "1";
@@ -109,6 +110,76 @@ impl Checkpoint {
             ema,
             optimizer,
         })
+    }
+}
+
+impl Checkpoint {
+    /// Refuses a checkpoint (read from `path`) whose counters disagree with each other or
+    /// with `experiment`, or whose weights or moments are not all finite: resuming from it
+    /// would rewrite the run's logs from a wrong place or train from broken weights. Every
+    /// optimiser step updates the EMA once and counts the global batch's tokens.
+    pub fn check_resumable(
+        &self,
+        path: &Path,
+        experiment: &spec::Experiment,
+        vocab: usize,
+    ) -> Result<()> {
+        let it = self.iteration;
+        let max = experiment.train.max_iters;
+        if it > max {
+            bail!(
+                "{}: the checkpoint is at iteration {it}, beyond the experiment's max_iters \
+                 ({max}): it does not belong to this run",
+                path.display()
+            );
+        }
+        let tokens = (experiment.tokens_per_iter() as u64).checked_mul(it);
+        for (what, value, expected) in [
+            ("optimizer_steps", self.optimizer_steps, Some(it)),
+            ("ema_updates", self.ema_updates, Some(it)),
+            ("tokens", self.tokens, tokens),
+        ] {
+            if Some(value) != expected {
+                bail!(
+                    "{}: the checkpoint says iteration {it} but {what} {value} (expected {}): \
+                     its counters disagree with its weights, so it is damaged or edited",
+                    path.display(),
+                    expected.map_or("a count that fits in 64 bits".into(), |e| e.to_string())
+                );
+            }
+        }
+        let config = DitConfig::from_spec(&experiment.network, vocab)?;
+        for (set, tensors) in [("model", &self.model), ("ema", &self.ema)] {
+            check_names_and_shapes(&config, &tensors.strip_prefix(super::NET_PREFIX))
+                .with_context(|| {
+                    format!(
+                        "{}: the checkpoint's {set} weights do not fit the experiment",
+                        path.display()
+                    )
+                })?;
+            if let Some(name) = super::non_finite(tensors.0.iter()) {
+                bail!(
+                    "{}: the {set} weight `{name}` holds NaN or infinite values; the \
+                     checkpoint cannot be resumed",
+                    path.display()
+                );
+            }
+        }
+        if let Some((name, data)) = self.optimizer.iter().find(|(_, d)| d.shape.len() != 1) {
+            bail!(
+                "{}: the optimiser moment `{name}` has shape {:?}; moments are stored flat",
+                path.display(),
+                data.shape.as_slice()
+            );
+        }
+        if let Some(name) = super::non_finite(self.optimizer.iter().map(|(n, d)| (n, d))) {
+            bail!(
+                "{}: the optimiser moment `{name}` holds NaN or infinite values; the \
+                 checkpoint cannot be resumed",
+                path.display()
+            );
+        }
+        Ok(())
     }
 }
 

@@ -137,10 +137,10 @@ pub fn run(command: DataCommand) -> Result<()> {
                     })?
                 }
             };
-            print!("{}", prepared.summary());
+            out!("{}", prepared.summary());
         }
-        DataCommand::Info { root } => print!("{}", data::info(&root)?),
-        DataCommand::Verify { root } => print!("{}", data::verify(&root)?),
+        DataCommand::Info { root } => out!("{}", data::info(&root)?),
+        DataCommand::Verify { root } => out!("{}", data::verify(&root)?),
     }
     Ok(())
 }

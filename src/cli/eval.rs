@@ -8,6 +8,7 @@ use clap::Args;
 use super::ModelChoice;
 use crate::eval::{self, EvalOptions};
 use crate::spec::Split;
+use crate::spec::limits::{MAX_BATCH, MAX_EVAL_BATCHES};
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {
@@ -17,13 +18,13 @@ pub struct EvalArgs {
     #[arg(long = "split", value_name = "val|test|train", value_parser = parse_split)]
     splits: Vec<Split>,
     /// Batches for the KL term, t uniform in 1..T−1 (default: eval.kl_batches).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_EVAL_BATCHES))]
     kl_batches: Option<u64>,
     /// Batches for the reconstruction term, t = 0 (default: eval.recon_batches).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_EVAL_BATCHES))]
     recon_batches: Option<u64>,
     /// Sequences per batch (default: eval.batch_size).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_BATCH))]
     batch_size: Option<u64>,
     /// Seed of the diffusion times and noise (0 reproduces a run's own final evaluation).
     #[arg(long, default_value_t = 0)]
@@ -46,6 +47,7 @@ fn parse_split(name: &str) -> Result<Split, String> {
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
+    args.choice.memory.apply();
     let options = EvalOptions {
         splits: (!args.splits.is_empty()).then_some(args.splits),
         kl_batches: args.kl_batches,
@@ -59,9 +61,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
     };
     let report = eval::evaluate_model(&args.model, &options)?;
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+        outln!("{}", serde_json::to_string(&report)?);
     } else {
-        println!(
+        outln!(
             "{} KL batches + {} reconstruction batches of {} × {} tokens, {}, seed {}",
             report.kl_batches,
             report.recon_batches,
@@ -70,9 +72,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
             report.process,
             report.seed
         );
-        print!("{}", eval::format_estimates(&report.estimates));
+        out!("{}", eval::format_estimates(&report.estimates));
         if let Some(csv) = &report.eval_csv {
-            println!("appended to {}", csv.display());
+            outln!("appended to {}", csv.display());
         }
     }
     Ok(())

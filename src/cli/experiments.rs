@@ -37,13 +37,13 @@ pub fn validate(paths: &[PathBuf], overrides: &[String]) -> Result<()> {
         };
         match checked {
             Ok((warnings, what)) => {
-                eprint!("{warnings}");
-                println!("ok      {}{what}", file.display());
+                eout!("{warnings}");
+                outln!("ok      {}{what}", file.display());
             }
             Err(e) => {
                 invalid += 1;
-                eprint!("{}", e.render());
-                println!("invalid {}", file.display());
+                eout!("{}", e.render());
+                outln!("invalid {}", file.display());
             }
         }
     }
@@ -74,11 +74,11 @@ pub fn schema(check: bool, dir: &Path) -> Result<()> {
                 names.join(", ")
             );
         }
-        println!("schemas in {} are up to date", dir.display());
+        outln!("schemas in {} are up to date", dir.display());
         return Ok(());
     }
     for path in spec::schema::write_all(dir)? {
-        println!("wrote {}", path.display());
+        outln!("wrote {}", path.display());
     }
     Ok(())
 }

@@ -32,7 +32,7 @@ pub fn run(command: Import) -> Result<()> {
         Import::Nanodd { ckpt, out, weights } => {
             let summary = checkpoint::import_nanodd(&ckpt, &out, weights)?;
             let net = &summary.experiment.network;
-            println!(
+            outln!(
                 "imported the {} weights of {} ({} blocks × {}, {} heads, K = {}) into {}",
                 summary.info.weights.name(),
                 ckpt.display(),
@@ -43,7 +43,7 @@ pub fn run(command: Import) -> Result<()> {
                 summary.out.display()
             );
             for note in &summary.info.notes {
-                eprintln!("note: {note}");
+                eoutln!("note: {note}");
             }
             Ok(())
         }

@@ -175,6 +175,24 @@ pub struct ModelChoice {
     /// GPU index on that backend (default: the experiment's first device).
     #[arg(long, value_name = "INDEX")]
     device: Option<usize>,
+    #[command(flatten)]
+    memory: MemoryCheck,
+}
+
+/// `--force`: the memory estimate's refusal overridden.
+#[derive(Debug, Args)]
+pub struct MemoryCheck {
+    /// Start even when the memory estimate says the job does not fit in the memory free now
+    /// (the process may then be killed by the system).
+    #[arg(long)]
+    force: bool,
+}
+
+impl MemoryCheck {
+    /// Records the choice for every check of this process.
+    fn apply(&self) {
+        crate::memory::force(self.force);
+    }
 }
 
 impl ModelChoice {
@@ -218,11 +236,11 @@ pub fn main() -> ExitCode {
         Err(e) if e.is::<Interrupted>() => ExitCode::from(130),
         // Experiment errors render their own located, multi-line report.
         Err(e) if e.is::<crate::spec::SpecError>() => {
-            eprintln!("{e}");
+            eoutln!("{e}");
             ExitCode::FAILURE
         }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eoutln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -37,12 +37,12 @@ pub fn run(args: ReportArgs) -> Result<()> {
         baseline: args.baseline,
     })?;
     for note in &report.notes {
-        eprintln!("note: {note}");
+        eoutln!("note: {note}");
     }
     for finding in &report.findings {
-        println!("{finding}");
+        outln!("{finding}");
     }
-    println!(
+    outln!(
         "{} runs in {} groups: wrote {}",
         report.runs,
         report.groups,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use clap::Args;
 
-use super::{Interrupted, Overrides};
+use super::{Interrupted, MemoryCheck, Overrides};
 use crate::backend::Backend;
 use crate::eval;
 use crate::spec;
@@ -33,6 +33,8 @@ pub struct RunArgs {
     results: PathBuf,
     #[command(flatten)]
     launch: LaunchArgs,
+    #[command(flatten)]
+    memory: MemoryCheck,
 }
 
 /// Where this process sits in a multi-node topology. Each flag overrides its environment
@@ -74,6 +76,7 @@ impl LaunchArgs {
 }
 
 pub fn run(args: RunArgs) -> Result<()> {
+    args.memory.apply();
     let launch = args.launch.resolve()?;
     if launch.node_rank > 0 {
         return join(&args, &launch);
@@ -84,19 +87,19 @@ pub fn run(args: RunArgs) -> Result<()> {
             let loaded = spec::load(file, &args.overrides.set)?;
             // A warning that is an error here (Cuda in a CPU-only build) is reported once.
             loaded.require_runnable()?;
-            eprint!("{}", loaded.warnings.render());
+            eout!("{}", loaded.warnings.render());
             train::run_with(&loaded, &args.results, &launch)?
         }
         (None, None) => unreachable!("clap requires an experiment or --resume"),
     };
     match report.ending {
         Ending::Completed => {
-            print!("{}", eval::format_estimates(&report.estimates));
-            println!("results: {}", report.run_dir.display());
+            out!("{}", eval::format_estimates(&report.estimates));
+            outln!("results: {}", report.run_dir.display());
             Ok(())
         }
         Ending::Interrupted { iteration } => {
-            eprintln!(
+            eoutln!(
                 "interrupted at iteration {iteration}; checkpoint saved. Resume with:\n  ddexp run --resume {}",
                 report.run_dir.display()
             );
@@ -115,17 +118,17 @@ fn join(args: &RunArgs, launch: &Launch) -> Result<()> {
         );
     };
     let loaded = spec::load(file, &args.overrides.set)?;
-    eprint!("{}", loaded.warnings.render());
+    eout!("{}", loaded.warnings.render());
     match train::join(&loaded, launch)? {
         Ending::Completed => {
-            eprintln!(
+            eoutln!(
                 "node {}: training completed; node 0 evaluates and writes the results",
                 launch.node_rank
             );
             Ok(())
         }
         Ending::Interrupted { iteration } => {
-            eprintln!(
+            eoutln!(
                 "node {}: interrupted at iteration {iteration}; node 0 saved the checkpoint",
                 launch.node_rank
             );

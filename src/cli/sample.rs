@@ -8,20 +8,21 @@ use clap::Args;
 
 use super::ModelChoice;
 use crate::sample::{self, AncestralSampler, SampleOptions};
+use crate::spec::limits::{MAX_BATCH, MAX_SEQ_LEN, MAX_STEPS};
 
 #[derive(Debug, Args)]
 pub struct SampleArgs {
     /// A run folder (results/<experiment>/<run>) or a model folder (from `ddexp import`).
     model: PathBuf,
     /// Sequences to draw.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=MAX_BATCH))]
     batch: u64,
     /// Tokens per sequence (default: the experiment's seq_len).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_SEQ_LEN))]
     seq_len: Option<u64>,
     /// Reverse steps on an evenly spaced grid of times (default: D3PM's T, exact ancestral
     /// sampling; MDLM's 1000).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_STEPS))]
     steps: Option<u64>,
     /// Seed of every random draw.
     #[arg(long, default_value_t = 0)]
@@ -54,6 +55,7 @@ pub struct SampleArgs {
 }
 
 pub fn run(args: SampleArgs) -> Result<()> {
+    args.choice.memory.apply();
     let sampler = if args.reference_sampler {
         AncestralSampler::Reference
     } else if args.every_step {
@@ -77,8 +79,8 @@ pub fn run(args: SampleArgs) -> Result<()> {
         data: args.data,
     };
     let report = sample::sample_model(&args.model, &options)?;
-    print!("{}", sample::format_texts(&report.texts));
-    eprintln!(
+    out!("{}", sample::format_texts(&report.texts));
+    eoutln!(
         "{} × {} tokens, {} steps ({} sampler): {} network calls on {} sequences in {:.2} s; \
          appended to {}",
         report.settings.batch,

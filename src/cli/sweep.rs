@@ -45,10 +45,10 @@ pub fn run(args: SweepArgs) -> Result<()> {
         .iter()
         .map(|p| p.member.loaded.warnings.render())
         .collect();
-    eprint!("{}", dedup(warnings));
+    eout!("{}", dedup(warnings));
 
     if args.dry_run {
-        println!(
+        outln!(
             "sweep {}: {} members; summary: {}",
             plan.name,
             plan.members.len(),
@@ -61,7 +61,7 @@ pub fn run(args: SweepArgs) -> Result<()> {
             .max()
             .unwrap_or(0);
         for p in &plan.members {
-            println!(
+            outln!(
                 "  {:<width$}  {:<40}  {}",
                 p.member.name,
                 p.member.describe(),
@@ -73,20 +73,20 @@ pub fn run(args: SweepArgs) -> Result<()> {
 
     let outcome = sweep::run(&opts, &plan).map_err(explain_invalid)?;
     for row in &outcome.rows {
-        println!(
+        outln!(
             "{:<11} {}",
             format!("{:?}", row.status).to_lowercase(),
             sweep::describe(row)
         );
     }
-    println!("summary: {}", outcome.summary.display());
+    outln!("summary: {}", outcome.summary.display());
     if outcome.interrupted {
         let left = outcome
             .rows
             .iter()
             .filter(|r| r.status != MemberStatus::Completed)
             .count();
-        eprintln!(
+        eoutln!(
             "sweep interrupted with {left} member(s) not completed; run the same command again to resume them"
         );
         return Err(Interrupted.into());
@@ -115,7 +115,7 @@ pub fn run(args: SweepArgs) -> Result<()> {
             }
         );
     }
-    println!("next: ddexp report {}", plan.dir.display());
+    outln!("next: ddexp report {}", plan.dir.display());
     Ok(())
 }
 
@@ -124,7 +124,7 @@ fn explain_invalid(e: anyhow::Error) -> anyhow::Error {
     match e.downcast::<sweep::InvalidSweep>() {
         Ok(invalid) => {
             for err in &invalid.errors {
-                eprint!("{}", err.render());
+                eout!("{}", err.render());
             }
             anyhow::anyhow!(
                 "{} sweep member file(s) invalid: nothing was run or written",

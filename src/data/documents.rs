@@ -43,13 +43,14 @@ impl Format {
 
 /// The document files under `paths`: folders are walked (sorted by path, files ending in
 /// .parquet, .jsonl or .txt); a file named directly is read by its extension, and as plain
-/// text when it has none of those.
+/// text when it has none of those. Symbolic links are followed, to files and folders alike;
+/// one that leads back into a folder above it, or to nothing, is an error that names it.
 pub fn find_files(paths: &[PathBuf]) -> Result<Vec<DocFile>> {
     let mut files = Vec::new();
     for path in paths {
         if path.is_dir() {
             let before = files.len();
-            for entry in WalkDir::new(path).sort_by_file_name() {
+            for entry in WalkDir::new(path).follow_links(true).sort_by_file_name() {
                 let entry = entry.with_context(|| format!("cannot walk {}", path.display()))?;
                 if entry.file_type().is_file()
                     && let Some(format) = Format::of(entry.path())

@@ -152,7 +152,7 @@ fn download_shards(root: &std::path::Path, shards: &[String]) -> Result<Vec<DocF
         .map(|(i, url)| {
             let name = download::file_name(url, "shard.parquet");
             let dest = dir.join(format!("{i:05}-{name}"));
-            eprintln!("shard {}/{}: {url}", i + 1, shards.len());
+            eoutln!("shard {}/{}: {url}", i + 1, shards.len());
             download::download(url, &dest)?;
             Ok(DocFile {
                 path: dest,

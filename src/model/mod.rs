@@ -11,7 +11,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 pub use config::DitConfig;
 pub use dit::{Dit, DitTrace, TIME_FREQ_DIM, rotary_inv_freq, seed_dropout};
 pub(crate) use state_dict::as_f32;
-pub use state_dict::{INV_FREQ, Init, ParamSpec, StateDict};
+pub use state_dict::{INV_FREQ, Init, ParamSpec, StateDict, check_names_and_shapes};
 
 /// Which weights of a trained network: the ones the optimiser produced, or their
 /// exponential moving average.

@@ -378,7 +378,7 @@ impl<B: Backend> Loader<'_, B> {
 
 /// Every expected parameter is present with its shape, the only other entry allowed is the
 /// rotary buffer, and that buffer matches the head dimension.
-fn check_names_and_shapes(config: &DitConfig, weights: &StateDict) -> Result<()> {
+pub fn check_names_and_shapes(config: &DitConfig, weights: &StateDict) -> Result<()> {
     let specs = config.param_specs();
     for spec in &specs {
         let Some(data) = weights.get(&spec.name) else {

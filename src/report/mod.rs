@@ -149,9 +149,10 @@ pub fn report(opts: &ReportOptions) -> Result<Report> {
     let out_dir = match (&opts.out, &single_sweep) {
         (Some(out), _) => out.clone(),
         (None, Some(sweep)) => sweep.join("report"),
-        (None, None) => opts.results_root.join("report"),
+        (None, None) => opts.results_root.join(crate::spec::REPORT_FOLDER),
     };
 
+    refuse_foreign_folder(&out_dir)?;
     let charts = charts(&runs, &groups, opts.window);
     fs::create_dir_all(&out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
     let mut files = Vec::new();
@@ -182,6 +183,28 @@ pub fn report(opts: &ReportOptions) -> Result<Report> {
         runs: runs.len(),
         groups: groups.len(),
     })
+}
+
+/// Refuses to write a report into a folder that holds something else ddexp wrote: a sweep's
+/// results (its summary.csv has the report's name), a run folder, a model folder or a
+/// dataset, whose files the report's would replace or mix with.
+fn refuse_foreign_folder(out: &std::path::Path) -> Result<()> {
+    let owners = [
+        (crate::sweep::SOURCE_FILE, "a sweep's results folder"),
+        (crate::sweep::SWEEP_LOCK_FILE, "a sweep's results folder"),
+        (crate::results::RUN_INFO_FILE, "a run folder"),
+        (crate::checkpoint::INFO_FILE, "a model folder"),
+        ("meta.json", "a dataset folder"),
+    ];
+    if let Some((file, what)) = owners.iter().find(|(file, _)| out.join(file).exists()) {
+        bail!(
+            "--out {} is {what} (it has {file}); the report would overwrite its files. Pass a \
+             folder of its own, e.g. {}",
+            out.display(),
+            out.join("report").display()
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ use crate::backend::{self, DeviceChoice, Devices, Job};
 use crate::checkpoint::{self, CheckpointChoice, SavedModel};
 use crate::data::{self, Vocab};
 use crate::diffusion::{Diffusion, ReverseMode};
+use crate::memory;
 use crate::model::WeightSet;
 use crate::spec::{Dataset, Tokenizer};
 
@@ -101,8 +102,17 @@ pub fn sample_model(model: &Path, options: &SampleOptions) -> Result<SampleRepor
             diffusion.describe()
         );
     }
+    memory::require(
+        &memory::sampling(
+            &experiment.network,
+            opened.vocab_size,
+            settings.batch,
+            settings.seq_len,
+        ),
+        on,
+    )?;
     if settings.seq_len != trained_len {
-        eprintln!(
+        eoutln!(
             "note: the model was trained on sequences of {trained_len} tokens; sampling {}",
             settings.seq_len
         );
@@ -124,7 +134,7 @@ pub fn sample_model(model: &Path, options: &SampleOptions) -> Result<SampleRepor
         );
     }
 
-    eprintln!("model: {}", opened.describe());
+    eoutln!("model: {}", opened.describe());
     let job = SampleJob {
         opened: &opened,
         vocab: &vocab,

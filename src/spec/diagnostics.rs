@@ -15,6 +15,23 @@ use codespan_reporting::term;
 
 use super::ron_tree::{Span, line_col};
 
+/// The most characters of a source line a snippet shows; a longer line (a `--set` value of
+/// 100 KB) is shown as a window around the span, so a message stays a few lines long.
+const MAX_SNIPPET_LINE: usize = 160;
+/// The most characters of a source name, an expected or a found value in a summary line.
+const MAX_SUMMARY_PART: usize = 120;
+/// The most diagnostics a report shows; the rest are counted (a list of 10 000 wrong values
+/// is one mistake repeated).
+const MAX_SHOWN: usize = 20;
+
+/// `text` cut to `max` characters, with `…` where it was cut.
+pub(crate) fn clip(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text.to_string(),
+        Some((at, _)) => format!("{}…", &text[..at]),
+    }
+}
+
 /// Index of a source text within a [`Sources`].
 pub type SourceId = usize;
 
@@ -162,7 +179,10 @@ impl SpecError {
     pub fn location(&self, d: &Diagnostic) -> String {
         let (id, offset) = self.sources.locate(d.span.start);
         let (line, col) = line_col(self.sources.text(id), offset);
-        format!("{}:{line}:{col}", self.sources.name(id))
+        format!(
+            "{}:{line}:{col}",
+            clip(self.sources.name(id), MAX_SUMMARY_PART)
+        )
     }
 
     /// The full report: a summary line and an annotated snippet per diagnostic.
@@ -170,13 +190,13 @@ impl SpecError {
         let mut files = SimpleFiles::new();
         for id in 0..self.sources.len() {
             files.add(
-                self.sources.name(id).to_string(),
+                clip(self.sources.name(id), MAX_SUMMARY_PART),
                 self.sources.text(id).to_string(),
             );
         }
         let config = term::Config::default();
         let mut out = String::new();
-        for d in &self.diagnostics {
+        for d in self.diagnostics.iter().take(MAX_SHOWN) {
             out.push_str(&self.summary(d));
             out.push('\n');
             let (id, start) = self.sources.locate(d.span.start);
@@ -184,6 +204,10 @@ impl SpecError {
                 continue;
             }
             let local = start..start + d.span.len();
+            if let Some(window) = long_line_window(self.sources.text(id), local.clone()) {
+                out.push_str(&window);
+                continue;
+            }
             let notes: Vec<String> = d.help.iter().map(|h| format!("help: {h}")).collect();
             let severity = match d.severity {
                 Severity::Error => ReportSeverity::Error,
@@ -206,6 +230,12 @@ impl SpecError {
                 );
             }
         }
+        if self.diagnostics.len() > MAX_SHOWN {
+            out.push_str(&format!(
+                "… and {} more like these\n",
+                self.diagnostics.len() - MAX_SHOWN
+            ));
+        }
         out
     }
 
@@ -219,8 +249,10 @@ impl SpecError {
         if !d.path.is_empty() {
             s.push_str(&format!(": `{}`", d.path));
         }
-        s.push_str(&format!(": {}", d.message));
-        match (&d.expected, &d.found) {
+        s.push_str(&format!(": {}", clip(&d.message, 4 * MAX_SUMMARY_PART)));
+        let expected = d.expected.as_deref().map(|e| clip(e, MAX_SUMMARY_PART));
+        let found = d.found.as_deref().map(|f| clip(f, MAX_SUMMARY_PART));
+        match (&expected, &found) {
             (Some(e), Some(f)) => s.push_str(&format!(" (expected {e}, found {f})")),
             (Some(e), None) => s.push_str(&format!(" (expected {e})")),
             (None, Some(f)) => s.push_str(&format!(" (found {f})")),
@@ -231,6 +263,45 @@ impl SpecError {
         }
         s
     }
+}
+
+/// A snippet of the line holding `span` when that line is too long to show whole: a window
+/// of the line around the span's start, with the span (or its beginning) underlined.
+fn long_line_window(text: &str, span: Span) -> Option<String> {
+    let start = span.start.min(text.len());
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+    let line = &text[line_start..line_end];
+    if line.chars().count() <= MAX_SNIPPET_LINE {
+        return None;
+    }
+    let before: Vec<char> = text[line_start..start].chars().collect();
+    let shown_before = before.len().min(MAX_SNIPPET_LINE / 2);
+    let lead: String = before[before.len() - shown_before..].iter().collect();
+    let rest: String = text[start..line_end]
+        .chars()
+        .take(MAX_SNIPPET_LINE - shown_before)
+        .collect();
+    let cut_before = if shown_before < before.len() {
+        "…"
+    } else {
+        ""
+    };
+    let cut_after = if start + rest.len() < line_end {
+        "…"
+    } else {
+        ""
+    };
+    let marked = text[start..span.end.clamp(start, line_end)]
+        .chars()
+        .count()
+        .clamp(1, rest.chars().count().max(1));
+    let pad = cut_before.chars().count() + lead.chars().count();
+    Some(format!(
+        "  │ {cut_before}{lead}{rest}{cut_after}\n  │ {}{}\n",
+        " ".repeat(pad),
+        "^".repeat(marked)
+    ))
 }
 
 impl fmt::Display for SpecError {
@@ -290,5 +361,27 @@ mod tests {
         assert!(text.contains("expected a number > 0, found -1"), "{text}");
         assert!(text.contains("train: (lr: -1)"), "{text}");
         assert_eq!(err.sources.locate(base + 9), (1, 9));
+    }
+
+    #[test]
+    fn a_huge_override_gives_a_short_message() {
+        let value = format!("[{}]", "1, ".repeat(40_000));
+        let set = format!("seed={value}");
+        let mut sources = Sources::default();
+        sources.add("exp.ron", "(name: \"x\")");
+        let base = sources.add(format!("--set {set}"), set.as_str());
+        let err = SpecError {
+            file: "exp.ron".into(),
+            sources,
+            diagnostics: vec![
+                Diagnostic::error(base + 5..base + set.len(), "seed", "wrong type")
+                    .expected("an integer")
+                    .found(value.clone()),
+            ],
+        };
+        let text = err.render();
+        assert!(text.len() < 2_000, "{} bytes:\n{text}", text.len());
+        assert!(text.contains("--set seed=[1, 1"), "{text}");
+        assert!(text.contains("wrong type"), "{text}");
     }
 }

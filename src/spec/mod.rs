@@ -9,6 +9,7 @@
 
 mod diagnostics;
 mod document;
+pub mod limits;
 mod ron_tree;
 pub mod schema;
 pub mod sweep;
@@ -56,10 +57,26 @@ impl Loaded {
 /// Reads, overrides and validates an experiment file. Overrides are `path=value` with the
 /// value in RON syntax, e.g. `train.lr=3e-4` or `sampler=Uniform`.
 pub fn load(path: &Path, overrides: &[String]) -> Result<Loaded, SpecError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let text = read_text(path).map_err(|e| {
         SpecError::whole_file(path, format!("cannot read the experiment file: {e}"))
     })?;
     load_str(path, &text, overrides)
+}
+
+/// The largest experiment or sweep file read: they are a few kilobytes, and a file of
+/// gigabytes (a wrong path, a corpus) is refused before it is read into memory.
+pub const MAX_FILE_BYTES: u64 = 1 << 20;
+
+/// The text of an experiment or sweep file, refused when larger than [`MAX_FILE_BYTES`].
+pub(crate) fn read_text(path: &Path) -> std::io::Result<String> {
+    let size = std::fs::metadata(path)?.len();
+    if size > MAX_FILE_BYTES {
+        return Err(std::io::Error::other(format!(
+            "it is {size} bytes; experiment and sweep files take at most {MAX_FILE_BYTES} \
+             (1 MiB)"
+        )));
+    }
+    std::fs::read_to_string(path)
 }
 
 /// As [`load`], with the file's text given (`path` names it in messages).
@@ -257,14 +274,18 @@ pub fn to_ron(experiment: &Experiment) -> String {
 }
 
 /// Experiment files under `path`: the file itself, or every `.ron` file below a folder
-/// (sorted, so output is stable).
+/// (sorted, so output is stable). Symbolic links are followed, to files and folders alike; a
+/// link that leads back into a folder above it, or to nothing, is an error that names it.
 pub fn experiment_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
     if !path.is_dir() {
         std::fs::metadata(path)?;
         return Ok(vec![path.to_path_buf()]);
     }
     let mut files = vec![];
-    for entry in walkdir::WalkDir::new(path).sort_by_file_name() {
+    for entry in walkdir::WalkDir::new(path)
+        .follow_links(true)
+        .sort_by_file_name()
+    {
         let entry = entry.map_err(std::io::Error::other)?;
         if entry.file_type().is_file() && entry.path().extension().is_some_and(|e| e == "ron") {
             files.push(entry.into_path());

@@ -13,6 +13,15 @@
 
 use std::ops::Range;
 
+/// The deepest nesting of brackets a document may have. An experiment file nests a handful
+/// of levels; the limit keeps the parser (and every walk over its tree, dropping it
+/// included) from overflowing the stack on a file or `--set` value of thousands of brackets.
+pub const MAX_DEPTH: usize = 64;
+
+/// The UTF-8 byte-order mark some editors put at the start of a file. It carries no
+/// meaning in UTF-8 and is skipped.
+const BOM: char = '\u{feff}';
+
 /// Byte range in the source.
 pub type Span = Range<usize>;
 
@@ -141,7 +150,12 @@ fn shift(node: &mut Node, by: usize) {
 
 /// Parses a whole document: one value, optionally preceded by `#![enable(..)]` attributes.
 pub fn parse(src: &str) -> Result<Node, ParseError> {
-    let mut p = Parser { src, pos: 0 };
+    let pos = if src.starts_with(BOM) {
+        BOM.len_utf8()
+    } else {
+        0
+    };
+    let mut p = Parser { src, pos, depth: 0 };
     p.skip_trivia()?;
     while p.src[p.pos..].starts_with("#!") {
         p.attribute()?;
@@ -158,6 +172,8 @@ pub fn parse(src: &str) -> Result<Node, ParseError> {
 struct Parser<'a> {
     src: &'a str,
     pos: usize,
+    /// Brackets open around the value being parsed.
+    depth: usize,
 }
 
 impl Parser<'_> {
@@ -182,7 +198,7 @@ impl Parser<'_> {
     fn found(&self) -> String {
         match self.peek() {
             None => "the end of the file".into(),
-            Some(c) => format!("`{c}`"),
+            Some(c) => describe_char(c),
         }
     }
 
@@ -260,6 +276,18 @@ impl Parser<'_> {
 
     fn value(&mut self) -> Result<Node, ParseError> {
         self.skip_trivia()?;
+        if self.depth >= MAX_DEPTH {
+            return Err(self.error_here(format!(
+                "values nested more than {MAX_DEPTH} levels deep (an experiment needs a handful)"
+            )));
+        }
+        self.depth += 1;
+        let value = self.value_at_depth();
+        self.depth -= 1;
+        value
+    }
+
+    fn value_at_depth(&mut self) -> Result<Node, ParseError> {
         let start = self.pos;
         let value = match self.peek() {
             None => return Err(self.error_here("expected a value, found the end of the file")),
@@ -624,6 +652,24 @@ impl Parser<'_> {
     }
 }
 
+/// A character as an error message shows it: printable ones in backquotes, the others
+/// (invisible, control, byte-order mark) by code point and name, so the message says what is
+/// there even when the terminal shows nothing.
+fn describe_char(c: char) -> String {
+    match c {
+        BOM => "a byte-order mark (U+FEFF) inside the file".into(),
+        '\u{200b}' => "a zero-width space (U+200B)".into(),
+        '\u{a0}' => "a no-break space (U+00A0)".into(),
+        c if c.is_control() || c.is_whitespace() || c.is_ascii_whitespace() => {
+            format!("the invisible character U+{:04X}", c as u32)
+        }
+        c if ('\u{200c}'..='\u{200f}').contains(&c) || ('\u{2060}'..='\u{206f}').contains(&c) => {
+            format!("the invisible character U+{:04X}", c as u32)
+        }
+        c => format!("`{c}`"),
+    }
+}
+
 /// 1-based line and column (in characters) of a byte offset.
 pub fn line_col(src: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(src.len());
@@ -719,6 +765,41 @@ mod tests {
         assert_eq!(fields[0].name.span, 102..103);
         let err = parse_at("[1 2]", 50).unwrap_err();
         assert_eq!(err.span.start, 53);
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let err = parse(&deep).unwrap_err();
+        assert!(
+            err.message.contains("nested more than 64"),
+            "{}",
+            err.message
+        );
+        assert_eq!(err.span.start, MAX_DEPTH);
+        let ok = format!("{}{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
+        assert!(parse(&ok).is_ok());
+        let err = parse(&format!("Some({}1{})", "(".repeat(70), ")".repeat(70))).unwrap_err();
+        assert!(err.message.contains("nested"), "{}", err.message);
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_skipped_and_invisible_characters_are_named() {
+        let Value::Struct { fields, .. } = value("\u{feff}(a: 1)") else {
+            panic!("expected a struct")
+        };
+        assert_eq!(fields[0].name.name, "a");
+        assert_eq!(
+            fields[0].name.span,
+            4..5,
+            "spans count the mark's three bytes"
+        );
+        let err = parse("(a: \u{200b}1)").unwrap_err();
+        assert!(err.message.contains("U+200B"), "{}", err.message);
+        let err = parse("(a: 1)\u{feff}").unwrap_err();
+        assert!(err.message.contains("end of the file"), "{}", err.message);
+        let err = parse("[1, \u{feff}]").unwrap_err();
+        assert!(err.message.contains("byte-order mark"), "{}", err.message);
     }
 
     #[test]

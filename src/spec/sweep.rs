@@ -42,6 +42,10 @@ pub const SWEEP_FILE: &str = "sweep.ron";
 /// Longest experiment name the experiment schema accepts.
 const MAX_NAME_LEN: usize = 100;
 
+/// The most members a grid may expand into: each is a validated experiment held in memory
+/// and a run, so a grid of several long axes is refused before it is expanded.
+pub const MAX_GRID_MEMBERS: usize = 10_000;
+
 /// A sweep file: a base experiment and the grid it is varied over. These types are the
 /// contract; `schemas/sweep.schema.json` is generated from them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -193,7 +197,7 @@ pub fn members(dir: &Path, overrides: &[String]) -> Result<Vec<Member>, Vec<Spec
 /// the sweep file's own problems, else each distinct problem of its members once (naming the
 /// members it affects when it is not all of them).
 pub fn load_grid(path: &Path, overrides: &[String]) -> Result<Grid, SpecError> {
-    let text = std::fs::read_to_string(path)
+    let text = super::read_text(path)
         .map_err(|e| SpecError::whole_file(path, format!("cannot read the sweep file: {e}")))?;
 
     // The sweep file on its own: RON, then the sweep schema.
@@ -223,7 +227,7 @@ pub fn load_grid(path: &Path, overrides: &[String]) -> Result<Grid, SpecError> {
     let base_span = doc.span_of_path("base");
     let folder = path.parent().unwrap_or(Path::new(""));
     let base = folder.join(&sweep.base);
-    let base_text = std::fs::read_to_string(&base).map_err(|e| {
+    let base_text = super::read_text(&base).map_err(|e| {
         own_error(vec![
             Diagnostic::error(
                 base_span,
@@ -309,6 +313,28 @@ pub fn load_grid(path: &Path, overrides: &[String]) -> Result<Grid, SpecError> {
 
     let grid_span = doc.span_of_path("grid");
     let grid_span = grid_span.start + offset..grid_span.end + offset;
+    let size = axes
+        .iter()
+        .try_fold(1usize, |n, (_, values)| n.checked_mul(values.len()))
+        .filter(|&n| n <= MAX_GRID_MEMBERS);
+    if size.is_none() {
+        let lengths: Vec<String> = axes.iter().map(|(_, v)| v.len().to_string()).collect();
+        return Err(SpecError {
+            file: path.to_path_buf(),
+            sources,
+            diagnostics: vec![
+                Diagnostic::error(
+                    grid_span,
+                    "grid",
+                    format!(
+                        "the grid has {} members; a sweep takes at most {MAX_GRID_MEMBERS}",
+                        lengths.join(" × ")
+                    ),
+                )
+                .help("split it into several sweep folders, or shorten its axes"),
+            ],
+        });
+    }
     let mut members: Vec<Member> = vec![];
     let mut failures: Vec<(String, SpecError)> = vec![];
     for point in product(&axes) {

@@ -9,7 +9,16 @@ use std::path::PathBuf;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::limits::*;
 pub use crate::backend::Backend;
+
+/// The folder under the results folder where sweeps keep their summaries.
+pub const SWEEPS_FOLDER: &str = "sweeps";
+/// The folder under the results folder where `ddexp report` writes by default.
+pub const REPORT_FOLDER: &str = "report";
+/// Names no experiment may have: the folders ddexp itself writes under the results folder,
+/// next to the experiments' folders (compared without case, as some file systems do).
+pub const RESERVED_NAMES: [&str; 2] = [SWEEPS_FOLDER, REPORT_FOLDER];
 
 /// One experiment: what to train, on what data, how, and where.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -51,7 +60,7 @@ pub enum Process {
     D3pmAbsorbing {
         /// Number of diffusion steps T.
         #[serde(default = "defaults::timesteps")]
-        #[schemars(range(min = 2))]
+        #[schemars(range(min = 2, max = MAX_TIMESTEPS))]
         timesteps: usize,
         /// Weight of the auxiliary cross-entropy term.
         #[serde(default = "defaults::lambda_ce")]
@@ -138,19 +147,19 @@ impl Process {
 pub struct Network {
     /// Width of the residual stream d.
     #[serde(default = "defaults::n_embed")]
-    #[schemars(range(min = 2))]
+    #[schemars(range(min = 2, max = MAX_WIDTH))]
     pub n_embed: usize,
     /// Attention heads; must divide n_embed into an even head dimension (rotary embedding).
     #[serde(default = "defaults::n_heads")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = MAX_HEADS))]
     pub n_heads: usize,
     /// Number of DiT blocks.
     #[serde(default = "defaults::n_blocks")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = MAX_BLOCKS))]
     pub n_blocks: usize,
     /// Width of the time-conditioning vector.
     #[serde(default = "defaults::n_cond")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = MAX_WIDTH))]
     pub n_cond: usize,
     /// Dropout probability on the attention and MLP branches (training only).
     #[serde(default = "defaults::dropout")]
@@ -185,7 +194,7 @@ pub enum Dataset {
         #[serde(default = "defaults::text8_root")]
         root: PathBuf,
         #[serde(default = "defaults::text8_seq_len")]
-        #[schemars(range(min = 2))]
+        #[schemars(range(min = 2, max = MAX_SEQ_LEN))]
         seq_len: usize,
     },
     /// OpenWebText in GPT-2 BPE, prepared with `ddexp data prepare openwebtext`.
@@ -193,13 +202,13 @@ pub enum Dataset {
         #[serde(default = "defaults::openwebtext_root")]
         root: PathBuf,
         #[serde(default = "defaults::openwebtext_seq_len")]
-        #[schemars(range(min = 2))]
+        #[schemars(range(min = 2, max = MAX_SEQ_LEN))]
         seq_len: usize,
     },
     /// A custom corpus prepared with `ddexp data prepare text --tokenizer char|gpt2`.
     Text {
         root: PathBuf,
-        #[schemars(range(min = 2))]
+        #[schemars(range(min = 2, max = MAX_SEQ_LEN))]
         seq_len: usize,
         /// The tokenizer the corpus was prepared with (checked against its meta.json).
         tokenizer: Tokenizer,
@@ -207,7 +216,7 @@ pub enum Dataset {
     /// A small structured corpus generated in-process from a seed: no files, no download.
     Synthetic {
         #[serde(default = "defaults::synthetic_seq_len")]
-        #[schemars(range(min = 2))]
+        #[schemars(range(min = 2, max = MAX_SEQ_LEN))]
         seq_len: usize,
         /// Seed of the corpus generator (independent of the experiment seed, so runs with
         /// different seeds see the same corpus).
@@ -215,11 +224,11 @@ pub enum Dataset {
         corpus_seed: u64,
         /// Tokens in the training split.
         #[serde(default = "defaults::synthetic_train_tokens")]
-        #[schemars(range(min = 1000))]
+        #[schemars(range(min = 1000, max = MAX_SYNTHETIC_TRAIN_TOKENS))]
         train_tokens: usize,
         /// Tokens in each of the val and test splits.
         #[serde(default = "defaults::synthetic_eval_tokens")]
-        #[schemars(range(min = 1000))]
+        #[schemars(range(min = 1000, max = MAX_SYNTHETIC_EVAL_TOKENS))]
         eval_tokens: usize,
     },
 }
@@ -260,15 +269,15 @@ pub enum TimeSampler {
 pub struct Train {
     /// Sequences per device per micro-step.
     #[serde(default = "defaults::batch_size")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = MAX_BATCH))]
     pub batch_size: usize,
     /// Micro-steps accumulated per optimiser step.
     #[serde(default = "defaults::grad_accum")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = MAX_GRAD_ACCUM))]
     pub grad_accum: usize,
     /// Optimiser steps in the whole run.
     #[serde(default = "defaults::max_iters")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = MAX_ITERS))]
     pub max_iters: u64,
     /// Peak learning rate (after warm-up).
     #[serde(default = "defaults::lr")]
@@ -280,6 +289,7 @@ pub struct Train {
     pub min_lr: f64,
     /// Linear warm-up steps from 0 to lr.
     #[serde(default = "defaults::warmup_iters")]
+    #[schemars(range(max = MAX_ITERS))]
     pub warmup_iters: u64,
     /// AdamW weight decay, applied to parameters with 2 or more dimensions only.
     #[serde(default = "defaults::weight_decay")]
@@ -297,15 +307,15 @@ pub struct Train {
     pub ema: Ema,
     /// Optimiser steps between rows of train.csv.
     #[serde(default = "defaults::log_interval")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = MAX_ITERS))]
     pub log_interval: u64,
     /// Optimiser steps between validations (and latest/best checkpoints).
     #[serde(default = "defaults::eval_interval")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = MAX_ITERS))]
     pub eval_interval: u64,
     /// Batches of the fixed val stream per validation.
     #[serde(default = "defaults::eval_iters")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = MAX_EVAL_ITERS))]
     pub eval_iters: u64,
     /// What is kept in `checkpoints/`.
     #[serde(default)]
@@ -342,6 +352,7 @@ pub struct Ema {
     #[schemars(range(min = 0.0, max = 1.0))]
     pub beta: f64,
     #[serde(default = "defaults::ema_update_after_step")]
+    #[schemars(range(max = MAX_ITERS))]
     pub update_after_step: u64,
 }
 
@@ -361,7 +372,7 @@ impl Default for Ema {
 pub struct Checkpointing {
     /// Also write the latest checkpoint every this many steps between validations.
     #[serde(default)]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = MAX_ITERS))]
     pub every: Option<u64>,
     /// Keep a copy of the checkpoint with the lowest val l_T.
     #[serde(default = "defaults::yes")]
@@ -417,15 +428,15 @@ pub struct Eval {
     /// Batches for the KL term (D3PM: t uniform in 1..T−1; MDLM: the diffusion term, t uniform
     /// in [t_min, 1)).
     #[serde(default = "defaults::kl_batches")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = MAX_EVAL_BATCHES))]
     pub kl_batches: u64,
     /// Batches for the reconstruction term (D3PM: t = 0; MDLM: t = t_min).
     #[serde(default = "defaults::recon_batches")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = MAX_EVAL_BATCHES))]
     pub recon_batches: u64,
     /// Sequences per evaluation batch.
     #[serde(default = "defaults::eval_batch_size")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = MAX_BATCH))]
     pub batch_size: usize,
 }
 
@@ -449,11 +460,11 @@ pub struct Topology {
     /// Device indices on each node, one model replica per device. On Cpu, each entry is one
     /// CPU peer (a thread), which exercises the same data-parallel code path.
     #[serde(default = "defaults::devices")]
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = MAX_DEVICES), inner(range(max = MAX_DEVICE_INDEX)))]
     pub devices: Vec<usize>,
     /// Number of nodes (machines) training together.
     #[serde(default = "defaults::nodes")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = MAX_NODES))]
     pub nodes: usize,
     /// Address (host:port) of the orchestrator that joins the nodes; needed when nodes > 1,
     /// and may instead come from the environment at launch so one file serves every node.

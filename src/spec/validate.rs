@@ -150,6 +150,71 @@ fn problem(path: &'static str, message: String) -> Problem {
 /// Rules that relate fields to each other, or that no schema keyword expresses.
 pub fn semantic(e: &Experiment) -> Vec<Problem> {
     let mut problems = vec![];
+    if let Some(reserved) = super::RESERVED_NAMES
+        .iter()
+        .find(|r| r.eq_ignore_ascii_case(&e.name))
+    {
+        problems.push(Problem {
+            expected: Some(format!(
+                "a name other than {}",
+                super::RESERVED_NAMES
+                    .map(|n| format!("`{n}`"))
+                    .join(" and ")
+            )),
+            found: Some(format!("{:?}", e.name)),
+            ..problem(
+                "name",
+                format!(
+                    "`{reserved}` is the folder ddexp keeps its own files in under results/; \
+                     runs of this experiment would mix with them"
+                ),
+            )
+        });
+    }
+    let world = (e.topology.devices.len() as u64).checked_mul(e.topology.nodes as u64);
+    let global = world
+        .and_then(|w| w.checked_mul(e.train.batch_size as u64))
+        .and_then(|b| b.checked_mul(e.train.grad_accum as u64));
+    match global {
+        Some(g) if g <= super::limits::MAX_GLOBAL_BATCH => {
+            let run_tokens = g
+                .checked_mul(e.dataset.seq_len() as u64)
+                .and_then(|t| t.checked_mul(e.train.max_iters));
+            if run_tokens.is_none() {
+                problems.push(Problem {
+                    expected: Some("global batch × seq_len × max_iters below 2^64 tokens".into()),
+                    found: Some(format!(
+                        "{g} × {} × {}",
+                        e.dataset.seq_len(),
+                        e.train.max_iters
+                    )),
+                    ..problem(
+                        "train.max_iters",
+                        "the run would see more tokens than its counter holds".into(),
+                    )
+                });
+            }
+        }
+        _ => problems.push(Problem {
+            expected: Some(format!(
+                "at most {} sequences per optimiser step",
+                super::limits::MAX_GLOBAL_BATCH
+            )),
+            found: Some(format!(
+                "batch_size {} × grad_accum {} × {} device(s) × {} node(s)",
+                e.train.batch_size,
+                e.train.grad_accum,
+                e.topology.devices.len(),
+                e.topology.nodes
+            )),
+            ..problem(
+                "train.grad_accum",
+                "the global batch is too large: a diffusion time is drawn for each of its \
+                 sequences every step"
+                    .into(),
+            )
+        }),
+    }
     let n = &e.network;
     if !n.n_embed.is_multiple_of(n.n_heads) {
         problems.push(Problem {

@@ -17,6 +17,8 @@
 //! members/<member>.ron   the resolved experiment each member runs
 //! logs/<member>.log      the member's output, every attempt appended
 //! sweep.lock             locked while a `ddexp sweep` works on the folder
+//! source.txt             the sweep folder these results belong to; another folder of the
+//!                        same name is refused
 //! ```
 //!
 //! The members' run folders are ordinary runs, `<results>/<experiment name>/<run id>/`.
@@ -40,7 +42,8 @@ use crate::results::stats::plus_minus;
 use crate::results::{MemberStatus, SweepMemberRow, write_atomic, write_rows};
 use crate::spec::{self, SpecError};
 pub use child::Devices;
-pub use plan::{Action, Plan, Planned, results_dir};
+pub use plan::{Action, Plan, Planned, SOURCE_FILE, results_dir};
+pub use record::SWEEP_LOCK_FILE;
 
 /// What `ddexp sweep` was asked to do.
 #[derive(Debug, Clone)]
@@ -109,7 +112,7 @@ fn install_interrupt_handler() {
             INTERRUPTS.fetch_add(1, Ordering::SeqCst);
         });
         if let Err(e) = installed {
-            eprintln!(
+            eoutln!(
                 "warning: cannot handle Ctrl-C ({e}); a stopped sweep resumes its members from their last checkpoints when run again"
             );
         }
@@ -147,6 +150,12 @@ pub fn run(opts: &SweepOptions, plan: &Plan) -> Result<Outcome> {
     )?;
 
     let _lock = record::SweepLock::acquire(&plan.dir)?;
+    // Again under the lock: another sweep folder of the same name may have started since.
+    plan::check_source(&plan.dir, &plan.source)?;
+    write_atomic(
+        &plan.dir.join(plan::SOURCE_FILE),
+        format!("{}\n", plan.source.display()).as_bytes(),
+    )?;
     for p in &plan.members {
         let file = plan.member_file(&p.member);
         if let Some(parent) = file.parent() {
@@ -440,7 +449,7 @@ fn progress_bar(total: u64) -> ProgressBar {
 /// A line above the progress bar, or on stderr when the bar is hidden (not a terminal).
 fn say(bar: &ProgressBar, line: String) {
     if bar.is_hidden() {
-        eprintln!("{line}");
+        eoutln!("{line}");
     } else {
         bar.println(line);
     }

@@ -13,7 +13,37 @@ use crate::spec::{self, sweep::Member};
 
 /// Where a sweep keeps its files: `<results>/sweeps/<sweep name>/`.
 pub fn results_dir(results_root: &Path, name: impl AsRef<Path>) -> PathBuf {
-    results_root.join("sweeps").join(name)
+    results_root.join(spec::SWEEPS_FOLDER).join(name)
+}
+
+/// The file in a sweep's results folder that names the sweep folder it belongs to: two
+/// sweep folders with the same name (`a/swc`, `b/swc`) would otherwise share
+/// `<results>/sweeps/swc` and replace each other's summary.
+pub const SOURCE_FILE: &str = "source.txt";
+
+/// Refuses a results folder that belongs to another sweep folder than `source` (the sweep
+/// folder, canonical). A folder without [`SOURCE_FILE`] is new, or an older ddexp's, and is
+/// taken.
+pub(super) fn check_source(dir: &Path, source: &Path) -> Result<()> {
+    let file = dir.join(SOURCE_FILE);
+    let recorded = match std::fs::read_to_string(&file) {
+        Ok(text) => PathBuf::from(text.trim_end_matches('\n')),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", file.display())),
+    };
+    if recorded != source {
+        let name = source.file_name().unwrap_or_default().to_string_lossy();
+        bail!(
+            "{} holds the results of another sweep folder named `{name}`, {}: this one, {}, \
+             would replace its summary. Rename this sweep folder (e.g. to `{name}-2`) or pass \
+             another --results; if it is the same sweep moved, write its new path into {}",
+            dir.display(),
+            recorded.display(),
+            source.display(),
+            file.display()
+        );
+    }
+    Ok(())
 }
 
 /// A sweep, resolved and validated, before anything runs.
@@ -23,6 +53,8 @@ pub struct Plan {
     pub name: String,
     /// `<results>/sweeps/<name>`: summary.csv, the resolved members, the logs.
     pub dir: PathBuf,
+    /// The sweep folder, canonical (recorded in [`SOURCE_FILE`]).
+    pub source: PathBuf,
     pub members: Vec<Planned>,
 }
 
@@ -86,6 +118,11 @@ impl Plan {
 /// validated already.
 pub fn plan(opts: &SweepOptions, name: String, members: Vec<Member>) -> Result<Plan> {
     let dir = results_dir(&opts.results_root, &name);
+    let source = opts
+        .dir
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", opts.dir.display()))?;
+    check_source(&dir, &source)?;
     let summary = dir.join(SweepMemberRow::FILE);
     let previous: Vec<SweepMemberRow> = if summary.is_file() {
         read_rows(&summary).with_context(|| {
@@ -109,7 +146,12 @@ pub fn plan(opts: &SweepOptions, name: String, members: Vec<Member>) -> Result<P
             }
         })
         .collect();
-    Ok(Plan { name, dir, members })
+    Ok(Plan {
+        name,
+        dir,
+        source,
+        members,
+    })
 }
 
 /// The sweep's name: the name of its folder, which must be usable as a folder name.

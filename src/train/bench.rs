@@ -19,6 +19,7 @@ use super::trainer::{State, step};
 use crate::backend::{self, Devices, Memory};
 use crate::data::{self, GPT2_VOCAB_SIZE, TEXT8_ALPHABET};
 use crate::diffusion::Diffusion;
+use crate::memory;
 use crate::model::DitConfig;
 use crate::rng::{self, Stream};
 use crate::spec::{self, Dataset, Experiment};
@@ -35,6 +36,8 @@ pub struct BenchReport {
     pub step_ms: Vec<f64>,
     /// Peak memory: resident set of the process on CPU, reserved device memory on GPUs.
     pub peak_memory: Option<Memory>,
+    /// What [`memory::training_step`] estimated before the first step, in bytes.
+    pub estimate: f64,
 }
 
 impl BenchReport {
@@ -56,7 +59,7 @@ impl BenchReport {
             None => "not measured on this platform".into(),
         };
         format!(
-            "backend:     {}\ndata:        {}\nparameters:  {}\ntokens/step: {}\nsteps:       {} timed after {} warm-up\nms/step:     {:.1} (min {:.1}, max {:.1})\ntokens/s:    {:.0}\npeak memory: {memory}\n",
+            "backend:     {}\ndata:        {}\nparameters:  {}\ntokens/step: {}\nsteps:       {} timed after {} warm-up\nms/step:     {:.1} (min {:.1}, max {:.1})\ntokens/s:    {:.0}\npeak memory: {memory}\nestimate:    ≈ {:.1} MiB (checked before the first step)\n",
             self.backend,
             self.data,
             self.parameters,
@@ -67,6 +70,7 @@ impl BenchReport {
             min,
             max,
             self.tokens_per_s(),
+            self.estimate / (1u64 << 20) as f64,
         )
     }
 }
@@ -76,6 +80,10 @@ pub fn bench(loaded: &spec::Loaded, steps: u64, warmup: u64) -> Result<BenchRepo
     loaded.require_runnable()?;
     if steps == 0 {
         bail!("--steps must be at least 1");
+    }
+    let limit = crate::spec::limits::MAX_STEPS;
+    if steps > limit || warmup > limit {
+        bail!("--steps and --warmup take at most {limit} steps each; got {steps} and {warmup}");
     }
     let experiment = &loaded.experiment;
     let first_device = &experiment.topology.devices[..1];
@@ -111,6 +119,10 @@ fn time_steps<B: AutodiffBackend>(
     let device = &devices.devices[0];
     let seq_len = experiment.dataset.seq_len();
     let batch = experiment.train.batch_size;
+    let need = |vocab| memory::training_step(experiment, vocab);
+    if let Some(vocab) = memory::known_vocab(&experiment.dataset) {
+        memory::require(&need(vocab), devices.backend)?;
+    }
     let (vocab, data, corpus) = match data::open(&experiment.dataset) {
         Ok(corpus) => (
             corpus.vocab().size(),
@@ -123,6 +135,9 @@ fn time_steps<B: AutodiffBackend>(
             Dataset::Text { .. } | Dataset::Synthetic { .. } => return Err(e),
         },
     };
+    if memory::known_vocab(&experiment.dataset).is_none() {
+        memory::require(&need(vocab), devices.backend)?;
+    }
     let config = DitConfig::from_spec(&experiment.network, vocab)?;
     let diffusion = Diffusion::new(&experiment.model, vocab);
     let mut state = State::<B>::fresh(experiment, &config, device);
@@ -159,7 +174,7 @@ fn time_steps<B: AutodiffBackend>(
             });
         }
     }
-    Ok(BenchReport {
+    let report = BenchReport {
         backend: devices.label(),
         data,
         parameters: config.param_count(),
@@ -167,7 +182,16 @@ fn time_steps<B: AutodiffBackend>(
         warmup,
         step_ms,
         peak_memory: peak,
-    })
+        estimate: need(vocab).bytes(),
+    };
+    let mean = report.mean_ms();
+    if !mean.is_finite() || report.step_ms.is_empty() {
+        bail!(
+            "no timed step to report ({} timed steps, mean {mean} ms)",
+            report.step_ms.len()
+        );
+    }
+    Ok(report)
 }
 
 fn random_note(e: &anyhow::Error) -> String {

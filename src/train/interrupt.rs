@@ -1,6 +1,8 @@
-//! Ctrl-C and SIGTERM: the first asks the loop to save a checkpoint and stop at the next
-//! iteration boundary; a second one exits at once (checkpoints are written atomically, so
-//! even that loses at most the steps since the last one).
+//! Ctrl-C and SIGTERM: the first asks the run to stop at the next batch boundary (between
+//! steps, between a lone replica's micro-batches, between the batches of a validation or of
+//! the final evaluation) and to save a checkpoint of the last completed step; a second one
+//! exits at once (checkpoints are written atomically, so even that loses at most the steps
+//! since the last one).
 
 use std::sync::Once;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,13 +15,13 @@ pub fn install() {
     INSTALL.call_once(|| {
         let installed = ctrlc::set_handler(|| {
             if REQUESTED.swap(true, Ordering::SeqCst) {
-                eprintln!("\nsecond interrupt: exiting without a final checkpoint");
+                eoutln!("\nsecond interrupt: exiting without a final checkpoint");
                 std::process::exit(130);
             }
-            eprintln!("\ninterrupt: saving a checkpoint at the end of this iteration (press Ctrl-C again to exit now)");
+            eoutln!("\ninterrupt: stopping at the next batch and saving a checkpoint (press Ctrl-C again to exit now)");
         });
         if let Err(e) = installed {
-            eprintln!("warning: cannot handle Ctrl-C ({e}); an interrupted run resumes from its last checkpoint");
+            eoutln!("warning: cannot handle Ctrl-C ({e}); an interrupted run resumes from its last checkpoint");
         }
     });
 }

@@ -234,7 +234,7 @@ pub fn quiet_burn_logs() {
                     .map(|s| s.to_string())
                     .or_else(|| info.payload().downcast_ref::<String>().cloned())
                     .unwrap_or_default();
-                eprintln!("burn-collective: {message}");
+                eoutln!("burn-collective: {message}");
             } else {
                 previous(info);
             }

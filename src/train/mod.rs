@@ -32,9 +32,10 @@ use launch::{Launch, Placement};
 
 use crate::backend::{self, Devices, panic_message};
 use crate::checkpoint::{self, Checkpoint};
-use crate::data::{self, Corpus};
+use crate::data::Corpus;
 use crate::diffusion::Diffusion;
 use crate::eval::{self, Estimate, EvalSettings};
+use crate::memory;
 use crate::model::WeightSet;
 use crate::results::{EvalRow, RunDir, RunStatus};
 use crate::spec::{self, Experiment};
@@ -60,9 +61,9 @@ pub fn run_with(loaded: &spec::Loaded, results_root: &Path, launch: &Launch) -> 
     loaded.require_runnable()?;
     let experiment = &loaded.experiment;
     let placement = main_placement(experiment, launch)?;
-    let corpus = data::open(&experiment.dataset)?;
+    let corpus = open_corpus(experiment, false)?;
     let run = RunDir::create(results_root, experiment)?;
-    eprintln!("run folder: {}", run.path().display());
+    eoutln!("run folder: {}", run.path().display());
     drive(experiment, &corpus, run, Start::Fresh, &placement)
 }
 
@@ -109,6 +110,7 @@ pub fn resume_with(
             run.experiment_path().display()
         );
     }
+    let corpus = open_corpus(experiment, true)?;
     let ckpt = Checkpoint::load(&latest)?;
     if ckpt.experiment != spec::to_ron(experiment) {
         bail!(
@@ -117,10 +119,10 @@ pub fn resume_with(
             run.experiment_path().display()
         );
     }
-    let corpus = data::open(&experiment.dataset)?;
+    ckpt.check_resumable(&latest, experiment, corpus.vocab().size())?;
     run.resume(ckpt.iteration, experiment.train.max_iters)?;
     run.record_devices(placement.backend, &placement.devices)?;
-    eprintln!(
+    eoutln!(
         "resuming {} at iteration {}",
         run.path().display(),
         ckpt.iteration
@@ -145,8 +147,8 @@ pub fn join(loaded: &spec::Loaded, launch: &Launch) -> Result<Ending> {
     if placement.is_main() {
         bail!("node 0 owns the run folder: start it with `ddexp run` (or `ddexp run --resume`)");
     }
-    let corpus = data::open(&experiment.dataset)?;
-    eprintln!(
+    let corpus = open_corpus(experiment, false)?;
+    eoutln!(
         "node {} of {}: replicas {}..{} of {}; node 0 logs and writes the checkpoints",
         placement.node_rank,
         experiment.topology.nodes,
@@ -157,6 +159,15 @@ pub fn join(loaded: &spec::Loaded, launch: &Launch) -> Result<Ending> {
     interrupt::install();
     let (ending, _) = guarded(|| on_backend(experiment, &corpus, None, Start::Fresh, &placement))?;
     Ok(ending)
+}
+
+/// The experiment's corpus, opened once the memory estimate of training it says the job fits
+/// (before any run folder is created or changed).
+fn open_corpus(experiment: &Experiment, resuming: bool) -> Result<Corpus> {
+    let replicas = memory::replicas_in_process(&experiment.topology);
+    memory::open_corpus(&experiment.dataset, experiment.topology.backend, |vocab| {
+        memory::training(experiment, vocab, replicas, resuming)
+    })
 }
 
 /// The placement of the node that writes the run folder.
@@ -299,10 +310,11 @@ fn train_and_evaluate<B: AutodiffBackend>(
         else {
             // The checkpoint at max_iters is on disk: a resumed run evaluates again.
             log.sync()?;
-            eprintln!("final evaluation interrupted");
+            eoutln!("final evaluation interrupted");
             let iteration = trained.iteration;
             return Ok((Ending::Interrupted { iteration }, vec![]));
         };
+        eval::check_finite(&estimate)?;
         log.append(&eval::eval_row(
             &estimate,
             &settings,
@@ -367,22 +379,27 @@ fn train_replicas<B: AutodiffBackend>(
                         )
                         .with_context(|| format!("replica {}", peer.rank()))?;
                         if let Err(e) = peer.finish() {
-                            eprintln!("warning: leaving the collective after training: {e:#}");
+                            eoutln!("warning: leaving the collective after training: {e:#}");
                         }
                         Ok(trained)
                     })
-                    .expect("spawning a replica thread")
             })
             .collect();
         handles
             .into_iter()
-            .map(|h| {
-                h.join().unwrap_or_else(|panic| {
+            .map(|h| match h {
+                Ok(h) => h.join().unwrap_or_else(|panic| {
                     Err(anyhow::anyhow!(
                         "internal error in a replica: {}",
                         panic_message(&*panic)
                     ))
-                })
+                }),
+                // The replicas that did start stop at their first collective call, which
+                // this one never makes.
+                Err(e) => Err(anyhow::anyhow!(
+                    "cannot start a thread for a replica ({e}): the system limits how many \
+                     threads a process may have; use fewer topology.devices"
+                )),
             })
             .collect()
     });

@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 
 use super::collective::Peer;
 use super::trainer::State;
-use super::validation::{summarise_validation, validation_batches, validation_loss};
+use super::validation::{summarise_validation, validation_batch, validation_loss};
 use crate::data::Corpus;
 use crate::diffusion::{Bound, Diffusion, LossStats};
 use crate::model::Dit;
@@ -77,9 +77,10 @@ pub fn reduce_step<B: AutodiffBackend>(
     ))
 }
 
-/// The validation pass shared by the peers: peer r evaluates batches r, r + world, ...; one
-/// sum gathers every batch's statistics, which are then summarised in batch order as on one
-/// device.
+/// The validation pass shared by the peers, in rounds: in round r peer k evaluates batch
+/// r·world + k, and one sum gathers the round's statistics and the peers' stop requests, so
+/// every peer stops after the same round when one was asked to (`None`). The statistics are
+/// then summarised in batch order, as on one device.
 pub fn validate<B: Backend>(
     peer: &Peer<B>,
     net: &Dit<B>,
@@ -87,24 +88,46 @@ pub fn validate<B: Backend>(
     corpus: &Corpus,
     batches: u64,
     batch_size: usize,
-) -> Result<(LossStats, f64)> {
+    stop: &dyn Fn() -> bool,
+) -> Result<Option<(LossStats, f64)>> {
     let (rank, world) = (peer.rank() as u64, peer.world() as u64);
     if world == 1 {
-        return Ok(validation_loss(net, diffusion, corpus, batches, batch_size));
+        return Ok(validation_loss(
+            net, diffusion, corpus, batches, batch_size, stop,
+        ));
     }
-    let mine: Vec<u64> = (rank..batches).step_by(world as usize).collect();
-    let stats = validation_batches(net, diffusion, corpus, mine.iter().copied(), batch_size);
-    let mut values = vec![0.0; STATS_VALUES * batches as usize];
-    for (&batch, s) in mine.iter().zip(&stats) {
-        let at = batch as usize * STATS_VALUES;
-        values[at..at + STATS_VALUES].copy_from_slice(&stats_values(s));
+    let slots = STATS_VALUES * world as usize;
+    let mut all = vec![];
+    for first in (0..batches).step_by(world as usize) {
+        let mut values = vec![0.0; slots + 1];
+        let mine = first + rank;
+        if mine < batches {
+            let stats = validation_batch(net, diffusion, corpus, mine, batch_size);
+            let at = rank as usize * STATS_VALUES;
+            values[at..at + STATS_VALUES].copy_from_slice(&stats_values(&stats));
+        }
+        values[slots] = if stop() { 1.0 } else { 0.0 };
+        let sums = peer.sum_values(&values, "sharing the validation pass")?;
+        if sums[slots] > 0.0 {
+            return Ok(None);
+        }
+        let done = (batches - first).min(world) as usize;
+        all.extend(
+            sums[..STATS_VALUES * done]
+                .chunks(STATS_VALUES)
+                .map(|v| stats_from_values(diffusion.bound(), v)),
+        );
     }
-    let values = peer.sum_values(&values, "sharing the validation pass")?;
-    let all: Vec<LossStats> = values
-        .chunks(STATS_VALUES)
-        .map(|v| stats_from_values(diffusion.bound(), v))
-        .collect();
-    Ok(summarise_validation(&all))
+    Ok(Some(summarise_validation(&all)))
+}
+
+/// Whether any peer says yes (one sum), for decisions every replica must take together.
+pub fn any<B: Backend>(peer: &Peer<B>, yes: bool, what: &str) -> Result<bool> {
+    if peer.world() == 1 {
+        return Ok(yes);
+    }
+    let sums = peer.sum_values(&[if yes { 1.0 } else { 0.0 }], what)?;
+    Ok(sums[0] > 0.0)
 }
 
 /// Makes every replica's state a copy of rank 0's, after checking that all peers run the
@@ -292,7 +315,7 @@ impl<AB: AutodiffBackend> ModuleVisitor<AB> for Scatter<'_, AB::InnerBackend> {
 
 /// The module path of every float parameter (`blocks.0.attn_qkv.weight`), in module order,
 /// as the optimiser names its moments.
-fn param_paths<B: Backend, M: Module<B>>(module: &M) -> Vec<String> {
+pub(super) fn param_paths<B: Backend, M: Module<B>>(module: &M) -> Vec<String> {
     struct Paths {
         stack: Vec<String>,
         paths: Vec<String>,
@@ -317,7 +340,7 @@ fn param_paths<B: Backend, M: Module<B>>(module: &M) -> Vec<String> {
 }
 
 /// Element counts of every float parameter, in module order.
-fn param_sizes<B: Backend, M: Module<B>>(module: &M) -> Vec<usize> {
+pub(super) fn param_sizes<B: Backend, M: Module<B>>(module: &M) -> Vec<usize> {
     flat_params(module).iter().map(|p| p.dims()[0]).collect()
 }
 
@@ -482,7 +505,7 @@ mod tests {
                 assert!((l2 - l1).abs() <= 1e-5 * l1, "step {k}: loss {l2} vs {l1}");
                 let d = max_abs_diff(&two[0][k].1, &one[0][k].1);
                 assert!(d <= 1e-5, "step {k}: weights differ by {d}");
-                eprintln!("accum {accum} step {k}: loss {l2} vs {l1}, max weight diff {d}");
+                eoutln!("accum {accum} step {k}: loss {l2} vs {l1}, max weight diff {d}");
             }
         }
     }

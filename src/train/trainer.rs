@@ -28,7 +28,7 @@ use crate::data::Corpus;
 use crate::diffusion::{Diffusion, LossStats, local_times, sample_times};
 use crate::model::{Dit, DitConfig, StateDict, WeightSet, seed_dropout, token_tensor};
 use crate::results::stats::plus_minus;
-use crate::results::{CsvLog, RunDir, TrainRow, ValRow};
+use crate::results::{CsvLog, RunDir, TrainRow, ValRow, read_rows};
 use crate::rng::{self, Stream};
 use crate::spec::Experiment;
 
@@ -93,6 +93,23 @@ impl<B: AutodiffBackend> State<B> {
         };
         let model = net(&ckpt.model, "model")?;
         let ema_weights = net(&ckpt.ema, "EMA")?.valid();
+        // Each moment must have its parameter's size: a wrong one would fail deep inside the
+        // first AdamW step.
+        let sizes: std::collections::HashMap<String, usize> = replicas::param_paths(&model)
+            .into_iter()
+            .zip(replicas::param_sizes(&ema_weights))
+            .collect();
+        for (name, data) in &ckpt.optimizer {
+            let path = name.split_once('.').map_or(name.as_str(), |(_, p)| p);
+            let expected = sizes.get(path);
+            if expected.is_none_or(|&n| data.shape.as_slice() != [n]) {
+                bail!(
+                    "the checkpoint's optimiser moment `{name}` has shape {:?}, expected {}",
+                    data.shape.as_slice(),
+                    expected.map_or("no such parameter".into(), |n| format!("[{n}]"))
+                );
+            }
+        }
         let mut optimizer = AdamW::new(&experiment.train);
         optimizer.load_state(ckpt.optimizer_steps, ckpt.optimizer, device)?;
         Ok(State {
@@ -113,6 +130,9 @@ pub struct StepReport {
     pub lr: f64,
     /// Some replica was asked to stop (Ctrl-C): every replica stops after this step.
     pub stop: bool,
+    /// A lone replica was asked to stop between two micro-batches: the step was given up
+    /// and nothing changed (replicas that share a step finish it, and stop after it).
+    pub abandoned: bool,
 }
 
 /// One optimiser step at iteration `state.iteration` for the replica `peer`, reading its
@@ -143,6 +163,15 @@ pub fn step<B: AutodiffBackend>(
     let mut accumulator = GradientsAccumulator::<Dit<B>>::new();
     let mut stats = LossStats::default();
     for micro in 0..t.grad_accum {
+        if micro > 0 && world == 1 && interrupt::requested() {
+            return Ok(StepReport {
+                stats: LossStats::default(),
+                grad_norm: 0.0,
+                lr,
+                stop: true,
+                abandoned: true,
+            });
+        }
         let local = local_times(&times, micro, rank, world, t.batch_size);
         let x0 = token_tensor::<B>(&batch(it, micro as u64), t.batch_size, seq_len, device);
         let first_row = (rank * t.batch_size) as u64;
@@ -194,6 +223,7 @@ pub fn step<B: AutodiffBackend>(
         grad_norm,
         lr,
         stop,
+        abandoned: false,
     })
 }
 
@@ -263,6 +293,25 @@ pub fn train<B: AutodiffBackend>(
         (None, _) => "no checkpoint had been written yet".into(),
     };
 
+    // A run stopped during a validation saved the step's checkpoint without the validation:
+    // it runs first now, so val.csv and the best checkpoint miss nothing. Every replica
+    // takes part, so they decide together.
+    let pending = main
+        .as_ref()
+        .is_some_and(|m| validation_missing(m, t, state.iteration));
+    if replicas::any(peer, pending, "agreeing on a pending validation")? {
+        let context = Validation {
+            experiment,
+            experiment_ron,
+            diffusion: &diffusion,
+            corpus,
+            peer,
+        };
+        if !validate(&context, &mut state, &mut main)? {
+            return stopped_in_validation(state, &diffusion, experiment_ron, main);
+        }
+    }
+
     while state.iteration < t.max_iters {
         let batch = |it, micro| {
             corpus.train_batch(experiment.seed, it, micro, peer.rank() as u64, t.batch_size)
@@ -279,6 +328,18 @@ pub fn train<B: AutodiffBackend>(
         )
         .map_err(|e| anyhow::anyhow!("{e:#}; {}", kept(last_checkpoint, &main)))?;
         let it = state.iteration;
+        if report.abandoned {
+            // Ctrl-C between micro-batches: the state is the last completed step's.
+            if let Some(m) = main.as_mut() {
+                save(&state, &diffusion, experiment_ron, m, false)?;
+                m.bar.abandon();
+            }
+            return Ok(Outcome {
+                ending: Ending::Interrupted { iteration: it },
+                ema: state.ema.weights,
+                iteration: it,
+            });
+        }
 
         if let Some(m) = main.as_mut() {
             m.step_time += step_started.elapsed();
@@ -307,69 +368,30 @@ pub fn train<B: AutodiffBackend>(
                     row.loss, row.bits_per_token, row.tokens_per_s
                 );
                 if m.bar.is_hidden() {
-                    eprintln!(
+                    eoutln!(
                         "iter {it}: {message} | lr {:.3e} | grad norm {:.3}",
-                        row.lr, row.grad_norm
+                        row.lr,
+                        row.grad_norm
                     );
                 }
                 m.bar.set_message(message);
             }
         }
 
-        let validate = it.is_multiple_of(t.eval_interval) || it == t.max_iters;
         let periodic = t.checkpoint.every.is_some_and(|e| it.is_multiple_of(e));
         let mut saved = false;
-        if validate {
-            let started = Instant::now();
-            let (val, bits_se) = replicas::validate(
-                peer,
-                &state.ema.weights,
-                &diffusion,
+        if is_validation_point(t, it) {
+            let context = Validation {
+                experiment,
+                experiment_ron,
+                diffusion: &diffusion,
                 corpus,
-                t.eval_iters,
-                t.batch_size,
-            )?;
-            // A tiny validation may draw t = 0 for every sequence: then there is no KL term
-            // and no l_T to judge (NaN, as in the reference), which is not divergence.
-            let has_l_t = val.kl_tokens > 0;
-            if !val.loss().is_finite() || (has_l_t && !val.l_t().is_finite()) {
-                bail!(
-                    "non-finite validation loss at iteration {it}: the weights diverged; {}",
-                    kept(last_checkpoint, &main)
-                );
-            }
-            let best = has_l_t && state.best_val_l_t.is_none_or(|b| val.l_t() < b);
-            if best {
-                state.best_val_l_t = Some(val.l_t());
-            }
-            if let Some(m) = main.as_mut() {
-                let row = ValRow {
-                    iter: it,
-                    tokens: state.tokens,
-                    loss: val.loss(),
-                    kl: val.kl(),
-                    ce: val.ce(),
-                    l_t: val.l_t(),
-                    bits_per_token: val.bits_per_token(),
-                    bits_se,
-                    batches: t.eval_iters,
-                    weights: WeightSet::Ema,
-                    eval_ms: started.elapsed().as_secs_f64() * 1e3,
-                };
-                m.logs.val.append(&row)?;
-                let message = format!(
-                    "val @ {it}: loss {:.4} | {} bits/token (EMA)",
-                    row.loss,
-                    plus_minus(row.bits_per_token, row.bits_se)
-                );
-                if m.bar.is_hidden() {
-                    eprintln!("{message}");
-                } else {
-                    m.bar.println(message);
-                }
-                let keep_best = best && t.checkpoint.keep_best;
-                save(&state, &diffusion, experiment_ron, m, keep_best)?;
-                m.run.redraw_loss_chart()?;
+                peer,
+            };
+            let validated = validate(&context, &mut state, &mut main)
+                .map_err(|e| anyhow::anyhow!("{e:#}; {}", kept(last_checkpoint, &main)))?;
+            if !validated {
+                return stopped_in_validation(state, &diffusion, experiment_ron, main);
             }
             saved = true;
         } else if periodic || report.stop {
@@ -399,6 +421,122 @@ pub fn train<B: AutodiffBackend>(
         ending: Ending::Completed,
         ema: state.ema.weights,
         iteration: state.iteration,
+    })
+}
+
+/// Whether iteration `it` (steps done) ends with a validation.
+fn is_validation_point(t: &crate::spec::Train, it: u64) -> bool {
+    it > 0 && (it.is_multiple_of(t.eval_interval) || it == t.max_iters)
+}
+
+/// Whether the run stopped at a validation point before that validation was logged.
+fn validation_missing(main: &Main, t: &crate::spec::Train, it: u64) -> bool {
+    if !is_validation_point(t, it) {
+        return false;
+    }
+    let rows: Vec<ValRow> = read_rows(&main.run.csv_path::<ValRow>()).unwrap_or_default();
+    !rows.iter().any(|row| row.iter == it)
+}
+
+/// What the validation of a step reads.
+struct Validation<'a, B: AutodiffBackend> {
+    experiment: &'a Experiment,
+    experiment_ron: &'a str,
+    diffusion: &'a Diffusion,
+    corpus: &'a Corpus,
+    peer: &'a Peer<B::InnerBackend>,
+}
+
+/// Validates the EMA weights after `state.iteration` steps; the main replica logs the row
+/// and writes the checkpoint (the best one too, when it is). `Ok(false)`: stopped by
+/// Ctrl-C between two batches (every replica agrees), nothing logged or saved.
+fn validate<B: AutodiffBackend>(
+    context: &Validation<B>,
+    state: &mut State<B>,
+    main: &mut Option<Main>,
+) -> Result<bool> {
+    let Validation {
+        experiment,
+        experiment_ron,
+        diffusion,
+        corpus,
+        peer,
+    } = *context;
+    let t = &experiment.train;
+    let it = state.iteration;
+    let started = Instant::now();
+    let Some((val, bits_se)) = replicas::validate(
+        peer,
+        &state.ema.weights,
+        diffusion,
+        corpus,
+        t.eval_iters,
+        t.batch_size,
+        &interrupt::requested,
+    )?
+    else {
+        return Ok(false);
+    };
+    // A tiny validation may draw t = 0 for every sequence: then there is no KL term
+    // and no l_T to judge (NaN, as in the reference), which is not divergence.
+    let has_l_t = val.kl_tokens > 0;
+    if !val.loss().is_finite() || (has_l_t && !val.l_t().is_finite()) {
+        bail!("non-finite validation loss at iteration {it}: the weights diverged");
+    }
+    let best = has_l_t && state.best_val_l_t.is_none_or(|b| val.l_t() < b);
+    if best {
+        state.best_val_l_t = Some(val.l_t());
+    }
+    if let Some(m) = main.as_mut() {
+        let row = ValRow {
+            iter: it,
+            tokens: state.tokens,
+            loss: val.loss(),
+            kl: val.kl(),
+            ce: val.ce(),
+            l_t: val.l_t(),
+            bits_per_token: val.bits_per_token(),
+            bits_se,
+            batches: t.eval_iters,
+            weights: WeightSet::Ema,
+            eval_ms: started.elapsed().as_secs_f64() * 1e3,
+        };
+        m.logs.val.append(&row)?;
+        let message = format!(
+            "val @ {it}: loss {:.4} | {} bits/token (EMA)",
+            row.loss,
+            plus_minus(row.bits_per_token, row.bits_se)
+        );
+        if m.bar.is_hidden() {
+            eoutln!("{message}");
+        } else {
+            m.bar.println(message);
+        }
+        let keep_best = best && t.checkpoint.keep_best;
+        save(state, diffusion, experiment_ron, m, keep_best)?;
+        m.run.redraw_loss_chart()?;
+    }
+    Ok(true)
+}
+
+/// The end of a run stopped during a validation: the step it validated is complete, so
+/// its checkpoint loses nothing (the resumed run validates it first).
+fn stopped_in_validation<B: AutodiffBackend>(
+    state: State<B>,
+    diffusion: &Diffusion,
+    experiment_ron: &str,
+    mut main: Option<Main>,
+) -> Result<Outcome<B>> {
+    let it = state.iteration;
+    if let Some(m) = main.as_mut() {
+        save(&state, diffusion, experiment_ron, m, false)?;
+        m.bar.abandon();
+        eoutln!("validation at iteration {it} interrupted; checkpoint saved");
+    }
+    Ok(Outcome {
+        ending: Ending::Interrupted { iteration: it },
+        ema: state.ema.weights,
+        iteration: it,
     })
 }
 

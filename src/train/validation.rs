@@ -12,39 +12,41 @@ use burn::module::Module;
 use burn::tensor::backend::Backend;
 
 /// The validation result on `batches` batches: the merged statistics and the standard error
-/// of bits/token over batches.
+/// of bits/token over batches; `None` when `stop()` turned true before a batch (Ctrl-C).
 pub fn validation_loss<B: Backend>(
     net: &Dit<B>,
     diffusion: &Diffusion,
     corpus: &Corpus,
     batches: u64,
     batch_size: usize,
-) -> (LossStats, f64) {
-    let stats = validation_batches(net, diffusion, corpus, 0..batches, batch_size);
-    summarise_validation(&stats)
+    stop: &dyn Fn() -> bool,
+) -> Option<(LossStats, f64)> {
+    let mut stats = vec![];
+    for batch in 0..batches {
+        if stop() {
+            return None;
+        }
+        stats.push(validation_batch(net, diffusion, corpus, batch, batch_size));
+    }
+    Some(summarise_validation(&stats))
 }
 
-/// The statistics of some batches of the validation pass (each batch is the same whoever
+/// The statistics of batch `batch` of the validation pass (each batch is the same whoever
 /// evaluates it, so replicas can share the pass).
-pub fn validation_batches<B: Backend>(
+pub fn validation_batch<B: Backend>(
     net: &Dit<B>,
     diffusion: &Diffusion,
     corpus: &Corpus,
-    batches: impl Iterator<Item = u64>,
+    batch: u64,
     batch_size: usize,
-) -> Vec<LossStats> {
+) -> LossStats {
     let device = net.devices()[0].clone();
-    let range = diffusion.training_range();
-    batches
-        .map(|batch| {
-            let mut rng = rng::rng(0, Stream::Validation, &[batch, 0]);
-            let times = range.uniform(&mut rng, batch_size);
-            let ids = corpus.eval_batch(Split::Val, batch, batch_size);
-            let x0 = token_tensor::<B>(&ids, batch_size, corpus.seq_len(), &device);
-            let mut noise = rng::rows(0, Stream::Validation, &[batch, 1], 0..batch_size as u64);
-            diffusion.loss(net, x0, &times, &mut noise).stats()
-        })
-        .collect()
+    let mut rng = rng::rng(0, Stream::Validation, &[batch, 0]);
+    let times = diffusion.training_range().uniform(&mut rng, batch_size);
+    let ids = corpus.eval_batch(Split::Val, batch, batch_size);
+    let x0 = token_tensor::<B>(&ids, batch_size, corpus.seq_len(), &device);
+    let mut noise = rng::rows(0, Stream::Validation, &[batch, 1], 0..batch_size as u64);
+    diffusion.loss(net, x0, &times, &mut noise).stats()
 }
 
 /// The validation result from the statistics of its batches, in batch order: the merged
