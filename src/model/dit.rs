@@ -8,7 +8,7 @@
 //! sequence-major order (position first, then sequence), so every Linear is one plain
 //! matrix product and a per-sequence modulation [B, d] is one row [1, B·d] that broadcasts
 //! over the positions of the [L, B·d] view. Attention works head-major, [B, H, L, h_d];
-//! [`BatchLayout`] moves rows between the two orders with row gathers. These choices keep
+//! `BatchLayout` moves rows between the two orders with row gathers. These choices keep
 //! every element-wise operation on contiguous operands with at most a shared row or a
 //! per-row scalar broadcast, which is what Burn's CPU backend runs as vectorised loops.
 
