@@ -3,15 +3,21 @@
 //!
 //! Shapes: B sequences of L tokens, width d = n_embed, H heads of size h_d = d / H,
 //! K classes (vocabulary + the mask token).
+//!
+//! Layout. Inside the network the T = L·B tokens are rows of a [T, d] matrix in
+//! sequence-major order (position first, then sequence), so every Linear is one plain
+//! matrix product and a per-sequence modulation [B, d] is one row [1, B·d] that broadcasts
+//! over the positions of the [L, B·d] view. Attention works head-major, [B, H, L, h_d];
+//! `BatchLayout` moves rows between the two orders with row gathers. These choices keep
+//! every element-wise operation on contiguous operands with at most a shared row or a
+//! per-row scalar broadcast, which is what Burn's CPU backend runs as vectorised loops.
 
 use std::sync::{Mutex, MutexGuard};
 
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, Embedding, Linear};
-use burn::tensor::activation::{sigmoid, silu};
+use burn::tensor::activation::{sigmoid, silu, softmax};
 use burn::tensor::backend::Backend;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Int, Tensor, TensorData};
 
 use super::config::DitConfig;
@@ -80,12 +86,6 @@ pub struct DitTrace<B: Backend> {
     pub blocks: Vec<Tensor<B, 3>>,
 }
 
-/// Rotary tables for one sequence length: [1, 1, L, h_d] each.
-struct Rotary<B: Backend> {
-    cos: Tensor<B, 4>,
-    sin: Tensor<B, 4>,
-}
-
 impl<B: Backend> Dit<B> {
     /// Logits [B, L, K] for noised tokens `x` [B, L] at raw times `t` [B] (1..=T, unscaled).
     /// The mask column is returned as the network computes it; callers that need p(x_0)
@@ -101,30 +101,40 @@ impl<B: Backend> Dit<B> {
         t: Tensor<B, 1>,
         mut trace: Option<&mut DitTrace<B>>,
     ) -> Tensor<B, 3> {
-        let [_, seq_len] = x.dims();
-        let device = x.device();
+        let [batch, seq_len] = x.dims();
+        let [_, n_embed] = self.vocab_embed.weight.dims();
+        let layout = BatchLayout::new(
+            batch,
+            seq_len,
+            n_embed / self.head_dim,
+            self.head_dim,
+            &x.device(),
+        );
 
         let t_freq = timestep_embedding(t);
         let c = silu(self.c_embed.forward(t_freq.clone()));
-        let mut h = self.vocab_embed.forward(x);
+        // Sequence-major token rows [L·B, d].
+        let mut h = self
+            .vocab_embed
+            .forward(x.swap_dims(0, 1))
+            .reshape([seq_len * batch, n_embed]);
         if let Some(trace) = trace.as_deref_mut() {
             trace.timestep_freq = Some(t_freq);
             trace.cond = Some(c.clone());
-            trace.embed = Some(h.clone());
+            trace.embed = Some(layout.batch_major(h.clone()));
         }
 
-        let rotary = Rotary::new(seq_len, self.head_dim, &device);
         for block in &self.blocks {
-            h = block.forward(h, &rotary, c.clone());
+            h = block.forward(h, c.clone(), &layout);
             if let Some(trace) = trace.as_deref_mut() {
-                trace.blocks.push(h.clone());
+                trace.blocks.push(layout.batch_major(h.clone()));
             }
         }
 
-        let [shift, scale] = chunks(self.final_modulation.forward(c).unsqueeze_dim(1));
-        let h = modulate(self.norm_final.forward(h), shift, scale);
+        let [shift, scale] = per_sequence(self.final_modulation.forward(c));
+        let h = self.norm_final.modulate(h, shift, scale);
         let embed = self.vocab_embed.weight.val(); // [K, d]
-        h.matmul(embed.transpose().unsqueeze())
+        layout.batch_major(h.matmul(embed.transpose()))
     }
 
     /// Number of classes K (vocabulary + mask).
@@ -155,9 +165,8 @@ impl<B: Backend> TimestepEmbedder<B> {
 }
 
 impl<B: Backend> DitBlock<B> {
-    fn forward(&self, x: Tensor<B, 3>, rotary: &Rotary<B>, c: Tensor<B, 2>) -> Tensor<B, 3> {
-        let [batch, seq_len, d] = x.dims();
-        let head_dim = d / self.n_heads;
+    /// Sequence-major token rows `x` [L·B, d] → the same after the block.
+    fn forward(&self, x: Tensor<B, 2>, c: Tensor<B, 2>, layout: &BatchLayout<B>) -> Tensor<B, 2> {
         let [
             shift_msa,
             scale_msa,
@@ -165,50 +174,191 @@ impl<B: Backend> DitBlock<B> {
             shift_mlp,
             scale_mlp,
             gate_mlp,
-        ] = chunks(self.modulation.forward(c).unsqueeze_dim(1));
+        ] = per_sequence(self.modulation.forward(c));
 
         // Attention branch.
-        let h = modulate(self.norm1.forward(x.clone()), shift_msa, scale_msa);
-        // [B, L, 3d] → (q|k|v, head, head_dim) → [3, B, H, L, h_d]; the reshape of each part
-        // makes q, k and v contiguous, so the rotary arithmetic runs on dense memory.
-        let qkv = self
-            .attn_qkv
-            .forward(h)
-            .reshape([batch, seq_len, 3, self.n_heads, head_dim])
-            .permute([2, 0, 3, 1, 4]);
-        let part = |i: usize| {
-            qkv.clone()
-                .narrow(0, i, 1)
-                .reshape([batch, self.n_heads, seq_len, head_dim])
-        };
-        let q = rotary.apply(part(0));
-        let k = rotary.apply(part(1));
-        let v = part(2);
-        let h = attention(q, k, v, None, None, AttentionModuleOptions::default())
-            .swap_dims(1, 2)
-            .reshape([batch, seq_len, d]);
-        let h = self.attn_out.forward(h);
-        let x = x + gate_msa * self.dropout.forward(h);
+        let h = self.norm1.modulate(x.clone(), shift_msa, scale_msa);
+        let h = self.attn_out.forward(self.attention(h, layout));
+        let x = x + gated(self.dropout.forward(h), gate_msa);
 
         // MLP branch.
-        let h = modulate(self.norm2.forward(x.clone()), shift_mlp, scale_mlp);
+        let h = self.norm2.modulate(x.clone(), shift_mlp, scale_mlp);
         let h = self.mlp_out.forward(gelu_tanh(self.mlp_in.forward(h)));
-        x + gate_mlp * self.dropout.forward(h)
+        x + gated(self.dropout.forward(h), gate_mlp)
+    }
+
+    /// Bidirectional multi-head attention with rotary positions: token rows [T, d] in and out.
+    fn attention(&self, h: Tensor<B, 2>, layout: &BatchLayout<B>) -> Tensor<B, 2> {
+        // The weight's output columns are q | k | v; one product per part leaves each of
+        // them contiguous for the row gathers into head-major order.
+        let weight = self.attn_qkv.weight.val();
+        let d = weight.dims()[0];
+        let project = |part: usize| h.clone().matmul(weight.clone().narrow(1, part * d, d));
+        let q = layout.rotary_heads(project(0), &layout.rotary_q);
+        let k = layout.rotary_heads(project(1), &layout.rotary_k);
+        let v = layout.heads(project(2));
+        let weights = softmax(q.matmul(k.swap_dims(2, 3)), 3);
+        layout.tokens(weights.matmul(v))
     }
 }
 
 impl<B: Backend> LayerNorm<B> {
-    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let (var, mean) = x.clone().var_mean_bias(2);
-        let normed = (x - mean) / (var + LAYER_NORM_EPS).sqrt();
-        normed * self.weight.val().unsqueeze()
+    /// LayerNorm(x)·(1 + scale) + shift for token rows `x` [L·B, d] and per-sequence rows
+    /// `shift`, `scale` [1, B·d]. The norm's weight joins the scale on the small
+    /// per-sequence row, which saves a pass over the activations.
+    fn modulate(&self, x: Tensor<B, 2>, shift: Tensor<B, 2>, scale: Tensor<B, 2>) -> Tensor<B, 2> {
+        let [tokens, d] = x.dims();
+        let [_, row] = shift.dims();
+        let centered = x.clone() - x.mean_dim(1);
+        let var = centered.clone().square().mean_dim(1);
+        let normed = centered / (var + LAYER_NORM_EPS).sqrt();
+        let gain = (scale.reshape([row / d, d]) + 1.0) * self.weight.val().unsqueeze();
+        let per_position = normed.reshape([tokens * d / row, row]);
+        (per_position * gain.reshape([1, row]) + shift).reshape([tokens, d])
     }
 }
 
-impl<B: Backend> Rotary<B> {
+/// x·gate for token rows `x` [L·B, d] and a per-sequence row `gate` [1, B·d].
+fn gated<B: Backend>(x: Tensor<B, 2>, gate: Tensor<B, 2>) -> Tensor<B, 2> {
+    let [tokens, d] = x.dims();
+    let [_, row] = gate.dims();
+    (x.reshape([tokens * d / row, row]) * gate).reshape([tokens, d])
+}
+
+/// Splits a modulation [B, N·d] into its N parts, each as one row [1, B·d] (sequence b's
+/// d values at b·d): the row that broadcasts over positions in the [L, B·d] view.
+fn per_sequence<B: Backend, const N: usize>(modulation: Tensor<B, 2>) -> [Tensor<B, 2>; N] {
+    let [batch, width] = modulation.dims();
+    let parts: Vec<_> = modulation
+        .chunk(N, 1)
+        .into_iter()
+        .map(|part| part.reshape([1, batch * width / N]))
+        .collect();
+    parts
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("chunk of a dimension divisible by {N}"))
+}
+
+/// What every block of one forward shares: the rotary tables and the row orders between the
+/// sequence-major token rows [T, d] and attention's head-major [B, H, L, h_d].
+struct BatchLayout<B: Backend> {
+    batch: usize,
+    seq_len: usize,
+    n_heads: usize,
+    head_dim: usize,
+    /// Half-head rows of [T, d] (viewed as [T·H·2, h_d/2]) in head-major order; and the same
+    /// with the two halves of every head exchanged, which is rotate_half up to signs.
+    to_heads: Tensor<B, 1, Int>,
+    to_heads_swapped: Tensor<B, 1, Int>,
+    /// Head rows of [B, H, L, h_d] (viewed as [B·H·L, h_d]) in token order.
+    to_tokens: Tensor<B, 1, Int>,
+    /// Rows of [L·B, ·] in batch-major order [B·L, ·].
+    to_batch: Tensor<B, 1, Int>,
+    rotary_q: RotaryTables<B>,
+    rotary_k: RotaryTables<B>,
+}
+
+/// x·cos + rotate_half(x)·sin for one sequence's positions, as rows [1, L·h_d] that
+/// broadcast over the B·H head rows of a head-major tensor.
+struct RotaryTables<B: Backend> {
+    cos: Tensor<B, 2>,
+    /// sin with the first half of every head negated: rotate_half(x) = swap(x) · (−1 | 1).
+    sin: Tensor<B, 2>,
+}
+
+impl<B: Backend> BatchLayout<B> {
+    fn new(
+        batch: usize,
+        seq_len: usize,
+        n_heads: usize,
+        head_dim: usize,
+        device: &B::Device,
+    ) -> Self {
+        let index = |rows: Vec<usize>| {
+            let n = rows.len();
+            let rows = rows.into_iter().map(|r| r as i64).collect();
+            Tensor::from_data(TensorData::new::<i64, _>(rows, [n]), device)
+        };
+        let half_heads = |swap: usize| {
+            let mut rows = Vec::with_capacity(seq_len * batch * n_heads * 2);
+            for b in 0..batch {
+                for h in 0..n_heads {
+                    for l in 0..seq_len {
+                        let head = (l * batch + b) * n_heads + h;
+                        rows.extend([2 * head + swap, 2 * head + (1 - swap)]);
+                    }
+                }
+            }
+            index(rows)
+        };
+        let mut to_tokens = Vec::with_capacity(seq_len * batch * n_heads);
+        for l in 0..seq_len {
+            for b in 0..batch {
+                to_tokens.extend((0..n_heads).map(|h| (b * n_heads + h) * seq_len + l));
+            }
+        }
+        let to_batch: Vec<usize> = (0..batch)
+            .flat_map(|b| (0..seq_len).map(move |l| l * batch + b))
+            .collect();
+        // The attention scale 1/√h_d rides on q's tables (exact for power-of-4 head sizes).
+        let scale = (1.0 / (head_dim as f64).sqrt()) as f32;
+        BatchLayout {
+            batch,
+            seq_len,
+            n_heads,
+            head_dim,
+            to_heads: half_heads(0),
+            to_heads_swapped: half_heads(1),
+            to_tokens: index(to_tokens),
+            to_batch: index(to_batch),
+            rotary_q: RotaryTables::new(seq_len, head_dim, scale, device),
+            rotary_k: RotaryTables::new(seq_len, head_dim, 1.0, device),
+        }
+    }
+
+    /// Token rows [T, d] → head-major [B, H, L, h_d].
+    fn heads(&self, x: Tensor<B, 2>) -> Tensor<B, 4> {
+        let (b, h, l, hd) = (self.batch, self.n_heads, self.seq_len, self.head_dim);
+        x.reshape([l * b * h * 2, hd / 2])
+            .select(0, self.to_heads.clone())
+            .reshape([b, h, l, hd])
+    }
+
+    /// Token rows [T, d] → head-major [B, H, L, h_d] with the rotary embedding applied.
+    fn rotary_heads(&self, x: Tensor<B, 2>, rotary: &RotaryTables<B>) -> Tensor<B, 4> {
+        let (b, h, l, hd) = (self.batch, self.n_heads, self.seq_len, self.head_dim);
+        let half_rows = x.reshape([l * b * h * 2, hd / 2]);
+        let head_rows = |order: &Tensor<B, 1, Int>| {
+            half_rows
+                .clone()
+                .select(0, order.clone())
+                .reshape([b * h, l * hd])
+        };
+        let rotated = head_rows(&self.to_heads) * rotary.cos.clone()
+            + head_rows(&self.to_heads_swapped) * rotary.sin.clone();
+        rotated.reshape([b, h, l, hd])
+    }
+
+    /// Head-major [B, H, L, h_d] → token rows [T, d].
+    fn tokens(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+        let (b, h, l, hd) = (self.batch, self.n_heads, self.seq_len, self.head_dim);
+        x.reshape([b * h * l, hd])
+            .select(0, self.to_tokens.clone())
+            .reshape([l * b, h * hd])
+    }
+
+    /// Sequence-major rows [L·B, w] → [B, L, w].
+    fn batch_major(&self, x: Tensor<B, 2>) -> Tensor<B, 3> {
+        let [_, width] = x.dims();
+        x.select(0, self.to_batch.clone())
+            .reshape([self.batch, self.seq_len, width])
+    }
+}
+
+impl<B: Backend> RotaryTables<B> {
     /// cos/sin of position × inverse frequency, computed on the host in f32 exactly as the
-    /// reference does, so every backend sees the same tables.
-    fn new(seq_len: usize, head_dim: usize, device: &B::Device) -> Self {
+    /// reference does, so every backend sees the same tables; both multiplied by `scale`.
+    fn new(seq_len: usize, head_dim: usize, scale: f32, device: &B::Device) -> Self {
         let inv_freq = rotary_inv_freq(head_dim);
         let half = head_dim / 2;
         let mut cos = Vec::with_capacity(seq_len * head_dim);
@@ -217,26 +367,17 @@ impl<B: Backend> Rotary<B> {
             // "[freqs, freqs] concatenated": the two halves share frequencies.
             for i in 0..head_dim {
                 let angle = pos as f32 * inv_freq[i % half];
-                cos.push(angle.cos());
-                sin.push(angle.sin());
+                let sign = if i < half { -1.0 } else { 1.0 };
+                cos.push(angle.cos() * scale);
+                sin.push(sign * angle.sin() * scale);
             }
         }
-        let table = |v: Vec<f32>| {
-            Tensor::<B, 2>::from_data(TensorData::new(v, [seq_len, head_dim]), device).unsqueeze()
-        };
-        Rotary {
-            cos: table(cos),
-            sin: table(sin),
+        let row =
+            |v: Vec<f32>| Tensor::from_data(TensorData::new(v, [1, seq_len * head_dim]), device);
+        RotaryTables {
+            cos: row(cos),
+            sin: row(sin),
         }
-    }
-
-    /// x·cos + rotate_half(x)·sin for x [B, H, L, h_d], where rotate_half(x) = [−x2, x1].
-    fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let half = x.dims()[3] / 2;
-        let x1 = x.clone().narrow(3, 0, half);
-        let x2 = x.clone().narrow(3, half, half);
-        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-        x * self.cos.clone() + rotated * self.sin.clone()
     }
 }
 
@@ -262,25 +403,12 @@ fn timestep_embedding<B: Backend>(t: Tensor<B, 1>) -> Tensor<B, 2> {
 }
 
 /// GELU with the tanh approximation, 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), written as
-/// x·sigmoid(2·√(2/π)·x·(1 + 0.044715·x²)) (the same function; fewer and cheaper operations
-/// than Burn's `gelu_approximate`, which raises x to the power 3 with `powf`).
-fn gelu_tanh<B: Backend>(x: Tensor<B, 3>) -> Tensor<B, 3> {
-    const TWO_SQRT_2_OVER_PI: f64 = 2.0 * 0.797_884_560_802_865_4;
-    let inner = x.clone() * (x.clone() * x.clone() * 0.044715 + 1.0) * TWO_SQRT_2_OVER_PI;
+/// x·sigmoid(x·(c + 0.044715·c·x²)) with c = 2·√(2/π): the same function in six element-wise
+/// operations (Burn's `gelu_approximate` raises x to the power 3 with `powf`).
+fn gelu_tanh<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
+    const C: f64 = 2.0 * 0.797_884_560_802_865_4;
+    let inner = x.clone() * (x.clone().square() * (0.044715 * C) + C);
     x * sigmoid(inner)
-}
-
-/// x·(1 + scale) + shift.
-fn modulate<B: Backend>(x: Tensor<B, 3>, shift: Tensor<B, 3>, scale: Tensor<B, 3>) -> Tensor<B, 3> {
-    x * (scale + 1.0) + shift
-}
-
-/// Splits the last dimension into N equal chunks.
-fn chunks<B: Backend, const N: usize>(x: Tensor<B, 3>) -> [Tensor<B, 3>; N] {
-    let parts = x.chunk(N, 2);
-    parts
-        .try_into()
-        .unwrap_or_else(|_| unreachable!("chunk of a dimension divisible by {N}"))
 }
 
 /// Serialises dropout draws within the process: see [`seed_dropout`].
