@@ -8,9 +8,9 @@
 //!
 //! ```text
 //! training (per replica)  4.5·P                 weights, EMA, AdamW moments, gradients in flight
-//!                       + B·(44·L·d·n + 3·H·L²·n + 12.5·L·K)   what backpropagation keeps
-//! evaluation, validation  B·(15·L·d + 0.1·H·L² + 9·L·K)        one block at a time, the loss terms
-//! sampling                B·(15·L·d + 0.1·H·L² + 3·L·K)
+//!                       + B·(38·L·d·n + 2.7·H·L²·n + 3.2·L·K)  what backpropagation keeps
+//! evaluation, validation  B·(15·L·d + 0.1·H·L² + 2.2·L·K)      one block at a time, the loss terms
+//! sampling                B·(15·L·d + 0.1·H·L² + 2.2·L·K)
 //! opening a saved model   2·P                   the weights on the host and in the network
 //! every process           20 MiB, plus 3 bytes a token of a synthetic corpus
 //! ```
@@ -68,21 +68,21 @@ struct Activations {
 }
 
 const TRAINING: Activations = Activations {
-    per_width: 44.0,
-    per_score: 3.0,
-    per_logit: 12.5,
+    per_width: 38.0,
+    per_score: 2.7,
+    per_logit: 3.2,
     all_blocks: true,
 };
 const EVALUATION: Activations = Activations {
     per_width: 15.0,
     per_score: 0.1,
-    per_logit: 9.0,
+    per_logit: 2.2,
     all_blocks: false,
 };
 const SAMPLING: Activations = Activations {
     per_width: 15.0,
     per_score: 0.1,
-    per_logit: 3.0,
+    per_logit: 2.2,
     all_blocks: false,
 };
 
