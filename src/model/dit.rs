@@ -113,10 +113,13 @@ impl<B: Backend> Dit<B> {
 
         let t_freq = timestep_embedding(t);
         let c = silu(self.c_embed.forward(t_freq.clone()));
-        // Sequence-major token rows [L·B, d].
+        // Sequence-major token rows [L·B, d]. Reshaping the transposed ids copies them: burn-tch
+        // takes a transposed view for a tensor of its own, so an in-place operation on the
+        // caller's ids would change the ids the embedding's backward reads.
+        let ids = x.swap_dims(0, 1).reshape([1, seq_len * batch]);
         let mut h = self
             .vocab_embed
-            .forward(x.swap_dims(0, 1))
+            .forward(ids)
             .reshape([seq_len * batch, n_embed]);
         if let Some(trace) = trace.as_deref_mut() {
             trace.timestep_freq = Some(t_freq);
