@@ -358,6 +358,19 @@ pub fn available_memory(backend: Backend) -> Option<Memory> {
     }
 }
 
+/// The largest buffer `backend` can hold one tensor in, where the API bounds it: wgpu binds
+/// no storage buffer above its adapter's limit, and cubecl keeps every tensor in one binding
+/// (on Vulkan devices with 64-bit shader indexing cubecl lifts the limit; `--force` lets
+/// such a job through). The limit is adapter 0's, the one runs use unless
+/// `topology.devices` says otherwise.
+pub fn largest_buffer(backend: Backend) -> Option<Memory> {
+    match backend {
+        #[cfg(feature = "wgpu")]
+        Backend::Wgpu => adapters::largest_buffer(),
+        _ => None,
+    }
+}
+
 /// Peak resident set size of this process (Linux: VmHWM in /proc/self/status).
 fn peak_resident_set() -> Option<Memory> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -493,6 +506,15 @@ mod adapters {
                 }
             })
             .collect()
+    }
+
+    /// Adapter 0's largest storage buffer binding.
+    pub fn largest_buffer() -> Option<Memory> {
+        let adapter = adapters().into_iter().next()?;
+        Some(Memory {
+            bytes: adapter.limits().max_storage_buffer_binding_size,
+            what: "the largest buffer wgpu adapter 0 binds",
+        })
     }
 
     /// Adapter `index` as cubecl names it: by its type and its position among adapters of

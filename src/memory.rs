@@ -92,6 +92,8 @@ pub struct Need {
     /// What the job is, for the message ("training", "evaluation with batches of 512").
     pub what: String,
     pub parts: Vec<(String, f64)>,
+    /// Bytes of the largest single tensor: a GPU API may bind no buffer that large.
+    pub largest: f64,
 }
 
 impl Need {
@@ -99,7 +101,13 @@ impl Need {
         Need {
             what: what.into(),
             parts: vec![("the process".into(), BASE_BYTES)],
+            largest: 0.0,
         }
+    }
+
+    fn tensor(mut self, bytes: f64) -> Need {
+        self.largest = self.largest.max(bytes);
+        self
     }
 
     fn add(mut self, part: impl Into<String>, bytes: f64) -> Need {
@@ -205,6 +213,18 @@ fn activations(
         + shape.per_logit * l * k)
 }
 
+/// Bytes of the largest tensor of a pass over `batch` sequences of `seq_len` tokens: the
+/// logits [B, L, K], the attention scores [B, H, L, L] or the embedding table [K, d].
+fn largest_tensor(network: &Network, vocab: usize, batch: usize, seq_len: usize) -> f64 {
+    let (b, l) = (batch as f64, seq_len as f64);
+    let (d, h, k) = (
+        network.n_embed as f64,
+        network.n_heads as f64,
+        vocab as f64 + 1.0,
+    );
+    (b * l * k).max(b * h * l * l).max(k * d) * FLOAT
+}
+
 /// Model replicas that live in this process: on the CPU every device of the node is a
 /// thread with a replica; a GPU holds its replica in its own memory.
 pub fn replicas_in_process(topology: &Topology) -> usize {
@@ -248,7 +268,14 @@ pub fn training(experiment: &Experiment, vocab: usize, devices: usize, resuming:
             String::new()
         }
     );
-    let need = Need::new(what).add("the corpus", corpus_bytes(&experiment.dataset));
+    let need = Need::new(what)
+        .add("the corpus", corpus_bytes(&experiment.dataset))
+        .tensor(largest_tensor(
+            net,
+            vocab,
+            experiment.train.batch_size.max(experiment.eval.batch_size),
+            seq_len,
+        ));
     if at_end > during {
         need.add(
             format!(
@@ -278,6 +305,12 @@ pub fn training_step(experiment: &Experiment, vocab: usize) -> Need {
         experiment.name, params as u64, experiment.train.batch_size
     ))
     .add("the corpus", corpus_bytes(&experiment.dataset))
+    .tensor(largest_tensor(
+        net,
+        vocab,
+        experiment.train.batch_size,
+        seq_len,
+    ))
     .add(
         "weights, EMA and optimiser state",
         TRAIN_PER_PARAM * params * FLOAT,
@@ -296,6 +329,7 @@ pub fn evaluation(experiment: &Experiment, vocab: usize, batch: usize) -> Need {
         "evaluating with batches of {batch} × {seq_len} tokens"
     ))
     .add("the corpus", corpus_bytes(&experiment.dataset))
+    .tensor(largest_tensor(net, vocab, batch, seq_len))
     .add(
         "the weights",
         OPEN_PER_PARAM * parameters(net, vocab) * FLOAT,
@@ -309,6 +343,7 @@ pub fn evaluation(experiment: &Experiment, vocab: usize, batch: usize) -> Need {
 /// Sampling `batch` sequences of `seq_len` tokens from a saved model of `network`.
 pub fn sampling(network: &Network, vocab: usize, batch: usize, seq_len: usize) -> Need {
     Need::new(format!("sampling {batch} × {seq_len} tokens"))
+        .tensor(largest_tensor(network, vocab, batch, seq_len))
         .add(
             "the weights",
             OPEN_PER_PARAM * parameters(network, vocab) * FLOAT,
@@ -345,6 +380,19 @@ pub fn open_corpus(
 pub fn require(need: &Need, backend: Backend) -> Result<()> {
     let bytes = need.bytes();
     let forced = FORCE.load(Ordering::Relaxed);
+    if let Some(limit) = backend::largest_buffer(backend)
+        && need.largest > limit.bytes as f64
+        && !forced
+    {
+        bail!(
+            "{} needs a tensor of {} (the logits, B × L × K floats, or the attention scores), \
+             larger than {} ({}); make the batch smaller, or pass --force to try anyway",
+            need.what,
+            size(need.largest),
+            size(limit.bytes as f64),
+            limit.what
+        );
+    }
     match backend::available_memory(backend) {
         Some(free) if bytes > free.bytes as f64 && !forced => bail!(
             "{} needs ≈ {}, this machine has {} ({}): {}; make the batch or the network \
