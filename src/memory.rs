@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! training (per replica)  4.5·P                 weights, EMA, AdamW moments, gradients in flight
-//!                       + B·(38·L·d·n + 2.7·H·L²·n + 3.2·L·K)  what backpropagation keeps
+//!                       + B·(38·L·d·n + 2.7·H·L²·n + 3.4·L·K)  what backpropagation keeps
 //! evaluation, validation  B·(15·L·d + 0.1·H·L² + 2.2·L·K)      one block at a time, the loss terms
 //! sampling                B·(15·L·d + 0.1·H·L² + 2.2·L·K)
 //! opening a saved model   2·P                   the weights on the host and in the network
@@ -70,7 +70,7 @@ struct Activations {
 const TRAINING: Activations = Activations {
     per_width: 38.0,
     per_score: 2.7,
-    per_logit: 3.2,
+    per_logit: 3.4,
     all_blocks: true,
 };
 const EVALUATION: Activations = Activations {

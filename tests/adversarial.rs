@@ -30,7 +30,7 @@ fn binary() -> (PathBuf, bool) {
     }
 }
 
-/// `ddexp args` in `dir`; another binary runs with its address space capped at 8 GiB.
+/// `ddexp args` in `dir`; another binary runs with its address space capped at 4 GiB.
 fn command(dir: &Path, args: &[&str]) -> Command {
     let (bin, other) = binary();
     let mut cmd = if other {
