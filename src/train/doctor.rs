@@ -320,7 +320,8 @@ fn worst(what: &'static str, measured: &StateDict, reference: &StateDict) -> Che
         what,
         value,
         limit: TOLERANCE,
-        worst: Some(name.to_string()),
+        // No tensor is named when every one matches exactly.
+        worst: (!name.is_empty()).then(|| name.to_string()),
     }
 }
 
