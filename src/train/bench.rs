@@ -14,8 +14,7 @@ use burn::backend::Autodiff;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use rand::Rng;
 
-use super::collective::Peer;
-use super::trainer::{State, step};
+use super::trainer::{State, solo_step};
 use crate::backend::{self, Devices, Memory};
 use crate::data::{self, GPT2_VOCAB_SIZE, TEXT8_ALPHABET};
 use crate::diffusion::Diffusion;
@@ -154,16 +153,7 @@ fn time_steps<B: AutodiffBackend>(
     let mut peak = None::<Memory>;
     for i in 0..warmup + steps {
         let started = Instant::now();
-        step(
-            &mut state,
-            experiment,
-            &diffusion,
-            seq_len,
-            windows,
-            device,
-            &Peer::solo(),
-        )?;
-        B::sync(device)?;
+        solo_step(&mut state, experiment, &diffusion, seq_len, windows, device)?;
         if i >= warmup {
             step_ms.push(started.elapsed().as_secs_f64() * 1e3);
         }

@@ -21,8 +21,7 @@ use burn::backend::Autodiff;
 use burn::tensor::TensorData;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 
-use super::collective::Peer;
-use super::trainer::{State, step};
+use super::trainer::{State, solo_step};
 use crate::backend::{self, Devices, Job};
 use crate::diffusion::Diffusion;
 use crate::model::{DitConfig, StateDict, token_tensor};
@@ -218,16 +217,7 @@ fn measure<B: AutodiffBackend>(
 
     let before = state.model.state_dict();
     let started = Instant::now();
-    step(
-        &mut state,
-        experiment,
-        &diffusion,
-        seq_len,
-        windows,
-        device,
-        &Peer::solo(),
-    )?;
-    B::sync(device)?;
+    solo_step(&mut state, experiment, &diffusion, seq_len, windows, device)?;
     let first_step = started.elapsed();
     let after = state.model.state_dict();
     let moments = state.optimizer.state().1.into_iter().collect();
@@ -236,16 +226,7 @@ fn measure<B: AutodiffBackend>(
     if let Some(probe) = probe {
         let started = Instant::now();
         while started.elapsed() < probe {
-            step(
-                &mut state,
-                experiment,
-                &diffusion,
-                seq_len,
-                windows,
-                device,
-                &Peer::solo(),
-            )?;
-            B::sync(device)?;
+            solo_step(&mut state, experiment, &diffusion, seq_len, windows, device)?;
             probe_steps += 1;
         }
         let tokens = (probe_steps as usize * batch * seq_len) as f64;

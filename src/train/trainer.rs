@@ -135,6 +135,29 @@ pub struct StepReport {
     pub abandoned: bool,
 }
 
+/// One [`step`] of a lone replica, waited for on its device: the step `ddexp bench` and
+/// `ddexp doctor` time.
+pub fn solo_step<B: AutodiffBackend>(
+    state: &mut State<B>,
+    experiment: &Experiment,
+    diffusion: &Diffusion,
+    seq_len: usize,
+    batch: impl Fn(u64, u64) -> Vec<u32>,
+    device: &B::Device,
+) -> Result<()> {
+    step(
+        state,
+        experiment,
+        diffusion,
+        seq_len,
+        batch,
+        device,
+        &Peer::solo(),
+    )?;
+    B::sync(device)?;
+    Ok(())
+}
+
 /// One optimiser step at iteration `state.iteration` for the replica `peer`, reading its
 /// micro-batch `micro` of the step from `batch(iteration, micro)` (row-major
 /// [batch_size, seq_len] token ids). Fails, without updating the weights, when the loss or
