@@ -12,14 +12,12 @@ mod common;
 
 #[cfg(any(feature = "tch", feature = "wgpu"))]
 mod compare {
-    use std::io::{BufRead, BufReader};
     use std::path::{Path, PathBuf};
-    use std::process::Stdio;
 
     use ddexp::backend::Backend;
     use ddexp::results::{EvalRow, TrainRow, read_rows};
 
-    use crate::common::cli::{command, ddexp, text};
+    use crate::common::cli::{ddexp, run_killed_at, text};
 
     /// A small network on a small synthetic corpus, logging every step. Every tensor shape is
     /// the same in training, validation and evaluation (batches of 4 sequences of 32 tokens),
@@ -111,21 +109,7 @@ mod compare {
     /// returns the run folder.
     pub fn moved_run(dir: &Path, experiment: &str, to: Backend) -> PathBuf {
         std::fs::write(dir.join("e.ron"), experiment).unwrap();
-        let mut child = command()
-            .args(["run", "e.ron"])
-            .current_dir(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = BufReader::new(child.stderr.take().unwrap());
-        for line in stderr.lines() {
-            if line.unwrap().starts_with("iter 7:") {
-                break;
-            }
-        }
-        child.kill().unwrap();
-        child.wait().unwrap();
+        run_killed_at(dir, "iter 7:");
         let run = run_dir(dir);
         let out = ddexp(
             &[

@@ -5,9 +5,7 @@
 mod common;
 
 use std::f64::consts::LN_2;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
 use common::cli::{ddexp, eval_rows, tensors, text, train_rows, val_rows};
 use ddexp::checkpoint::{Checkpoint, import_nanodd};
@@ -60,21 +58,7 @@ fn an_mdlm_run_resumes_exactly_evaluates_and_samples() {
     // at 16), then resumed.
     let killed = tempfile::tempdir().unwrap();
     std::fs::write(killed.path().join("e.ron"), EXPERIMENT).unwrap();
-    let mut child = common::cli::command()
-        .args(["run", "e.ron"])
-        .current_dir(killed.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    for line in stderr.lines() {
-        if line.unwrap().starts_with("iter 18:") {
-            break;
-        }
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    common::cli::run_killed_at(killed.path(), "iter 18:");
     let run = run_dir(killed.path(), "mdlm");
     let ckpt_iter = Checkpoint::load(&run.join("checkpoints/latest.safetensors"))
         .unwrap()

@@ -165,21 +165,7 @@ fn a_killed_run_resumes_to_the_same_weights_and_logs() {
     // checkpoint at 16, before the one at 20), then resumed.
     let killed = tempfile::tempdir().unwrap();
     std::fs::write(killed.path().join("e.ron"), &exp).unwrap();
-    let mut child = common::cli::command()
-        .args(["run", "e.ron"])
-        .current_dir(killed.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    for line in stderr.lines() {
-        if line.unwrap().starts_with("iter 18:") {
-            break;
-        }
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    common::cli::run_killed_at(killed.path(), "iter 18:");
     let run = run_dir(killed.path(), "resume");
     let info = RunInfo::load(&run.join("run.json")).unwrap();
     assert_eq!(

@@ -1,8 +1,9 @@
 //! Running the `ddexp` binary from the CLI tests, and reading what its runs leave.
 
 use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 use ddexp::checkpoint::tensor_file;
 use ddexp::results::{EvalRow, TrainRow, ValRow, read_rows};
@@ -19,6 +20,26 @@ pub fn ddexp(args: &[&str], cwd: &Path) -> Output {
         .current_dir(cwd)
         .output()
         .expect("ddexp runs")
+}
+
+/// `ddexp run e.ron` in `dir`, killed with SIGKILL once a line of its log starts with
+/// `line` (e.g. `iter 18:`), as a crash or a scheduler would stop it.
+pub fn run_killed_at(dir: &Path, line: &str) {
+    let mut child = command()
+        .args(["run", "e.ron"])
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    for logged in stderr.lines() {
+        if logged.unwrap().starts_with(line) {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
 
 /// stdout then stderr, for assertions and failure messages.
